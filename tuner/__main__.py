@@ -1,0 +1,5 @@
+"""`python -m tuner` runs the greentune CLI."""
+
+from tuner.cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""Click commands: parse flags, call one library function, render with rich, map errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from tuner.errors import EXIT_FAILURE, GreentuneError
+from tuner.results import Measurement, Spread
+
+console = Console(stderr=True)
+out = Console()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by the SIGTERM handler so cleanup runs exactly as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Interrupted()
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn GreentuneErrors into one line on stderr and their exit code; Ctrl-C/SIGTERM into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return fn(*args, **kwargs)
+        except GreentuneError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/] server stopped; rerun with --resume to continue", highlight=False)
+            sys.exit(130)
+        except OSError as exc:
+            console.print(f"[bold red]error:[/] {exc.filename or ''}: {exc.strerror}", highlight=False)
+            sys.exit(EXIT_FAILURE)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def fmt_spread(spread: Spread, digits: int = 1, unit: str = "") -> str:
+    """'123.4 ± 5.6 unit (sd, n=3)' — every repeated figure carries its spread."""
+    if spread.n == 0:
+        return "n/a"
+    return f"{spread.mean:.{digits}f} ± {spread.sd:.{digits}f}{(' ' + unit) if unit else ''} (sd, n={spread.n})"
+
+
+def measurement_table(m: Measurement, title: str) -> Table:
+    """A rich table of one measurement, every figure with unit and source."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("source / note")
+    table.add_row("throughput", fmt_spread(m.throughput_per_s, 1, "infer/s"), "load generator")
+    table.add_row("latency p50 / p95", f"{m.p50_ms:.2f} / {m.p95_ms:.2f} ms", "all requests in measured windows")
+    table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), "per window")
+    if m.energy_j is not None:
+        domains = ", ".join(f"{k} {v:.1f} J" for k, v in m.energy_domains_j.items())
+        table.add_row("energy", f"{m.energy_j:.1f} J over {m.duration_s:.1f} s", f"{m.energy_source} ({domains})")
+        table.add_row("energy per inference", f"{(m.energy_per_inference_j or 0) * 1000:.3f} mJ", m.energy_source)
+        table.add_row("inferences per joule", fmt_spread(m.inferences_per_j, 2, "infer/J"), m.energy_source)
+    else:
+        table.add_row("energy", "not measured", m.energy_source)
+    memory = f"{m.memory_mb:.0f} MB" if m.memory_mb is not None else "not measured"
+    table.add_row("server memory (peak)", memory, m.memory_source)
+    table.add_row("requests", f"{m.success_count} ok, {m.failure_count} failed", f"{m.failure_rate:.1%} failed")
+    table.add_row("stability", "stable" if m.stable else "UNSTABLE", f"{len(m.windows)} final windows")
+    return table
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="greentune")
+def cli() -> None:
+    """greentune: find the Triton serving config with the most inferences per joule.
+
+    \b
+    Measure one config:   greentune measure --model-repository model_repository --model mlp --set instance_count=2
+    Search for the best:  greentune search --model-repository model_repository --model mlp --trials 12 --output out/
+    """
+
+
+def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags naming the model and how to run Triton."""
+    options = [
+        click.option("--model-repository", "-r", required=True, type=click.Path(path_type=Path),
+                     help="Triton model repository (folder of model folders)."),
+        click.option("--model", "-m", required=True, help="Name of the model to tune (a folder in the repository)."),
+        click.option("--launcher", type=click.Choice(["local", "remote"]), default="local", show_default=True,
+                     help="local: start tritonserver here; remote: use the server at --url."),
+        click.option("--tritonserver", type=click.Path(path_type=Path), default=None,
+                     help="tritonserver binary (default: on PATH, else the embedded nvidia-pytriton build)."),
+        click.option("--url", default=None, help="HTTP address of a running server for --launcher remote."),
+        click.option("--ready-timeout", type=float, default=120.0, show_default=True,
+                     help="Seconds to wait for the server to become ready."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags for the load generator and measurement windows."""
+    options = [
+        click.option("--concurrency", "-c", type=int, default=None,
+                     help="Closed loop: requests in flight at once (default 8)."),
+        click.option("--request-rate", type=float, default=None,
+                     help="Open loop: requests per second (the production rate)."),
+        click.option("--shape", multiple=True, help="NAME:d1,d2 for inputs with dynamic dims (repeatable)."),
+        click.option("--input-data", type=click.Path(path_type=Path), default=None,
+                     help="Real inputs in perf_analyzer's JSON format."),
+        click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."),
+        click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
+        click.option("--window", type=float, default=2.0, show_default=True, help="Seconds per measurement window."),
+        click.option("--max-windows", type=int, default=10, show_default=True,
+                     help="Give up on stability after this many windows."),
+        click.option("--stability", type=float, default=0.10, show_default=True,
+                     help="Last 3 windows' throughput and p99 within this fraction of their mean."),
+        click.option("--energy-meter", type=click.Choice(["auto", "estimate"]), default="auto", show_default=True,
+                     help="Energy source (auto picks the best available here)."),
+        click.option("--cpu-tdp-watts", type=float, default=None,
+                     help="CPU TDP for the estimate meter (default: table or 10 W per logical core)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, ready_timeout: float) -> Any:
+    """The launcher the flags ask for."""
+    from tuner.errors import BadInput
+    from tuner.server import LocalLauncher, RemoteLauncher
+
+    if launcher == "remote":
+        if not url:
+            raise BadInput("--launcher remote needs --url http://HOST:PORT of a running server")
+        return RemoteLauncher(url, ready_timeout_s=ready_timeout)
+    if url:
+        raise BadInput("--url is only used with --launcher remote")
+    return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout)
+
+
+def build_load(concurrency: int | None, request_rate: float | None, request_timeout: float) -> Any:
+    """LoadSpec from flags (closed loop at concurrency 8 unless told otherwise)."""
+    from tuner.load import LoadSpec
+
+    if concurrency is None and request_rate is None:
+        concurrency = 8
+    return LoadSpec(concurrency=concurrency, request_rate_per_s=request_rate, request_timeout_s=request_timeout)
+
+
+@cli.command()
+@server_options
+@load_options
+@click.option("--set", "settings", multiple=True, metavar="KNOB=VALUE",
+              help="Server knob to apply (repeatable): instance_count, instance_kind, max_batch_size, "
+                   "dynamic_batching, max_queue_delay_microseconds, preferred_batch_size.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
+              help="Folder for measurement.json and the server log.")
+@handle_errors
+def measure(**flags: Any) -> None:
+    """Measure one serving config: throughput, latency, energy and memory.
+
+    \b
+    Example:
+      greentune measure -r model_repository -m mlp --set instance_count=2 \\
+        --set max_batch_size=16 --set dynamic_batching=true --concurrency 8
+    """
+    from tuner.inputs import parse_shape_options
+    from tuner.measure import InputSource, MeasureSettings
+    from tuner.model_config import load_model_config, parse_set_options
+    from tuner.run import measure_one
+
+    base = load_model_config(flags["model_repository"], flags["model"])
+    trial = parse_set_options(flags["settings"])
+    from tuner.model_config import validate_trial
+
+    validate_trial(base, trial)
+    settings = MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
+                               stability_tolerance=flags["stability"])
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
+    inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
+    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"])
+    with console.status("starting Triton…") as status:
+        def progress(event: str, data: dict[str, Any]) -> None:
+            if event == "window":
+                status.update(f"window {data['index']}/{data['max']}: {data['throughput_per_s']:.1f} infer/s, "
+                              f"p99 {data['p99_ms']:.2f} ms")
+            else:
+                status.update(f"{event}: {data}")
+
+        measurement, path = measure_one(
+            model_repository=flags["model_repository"], model=flags["model"], base=base, trial=trial,
+            launcher=launcher, load=load, inputs=inputs, settings=settings, output=flags["output"],
+            energy_meter=flags["energy_meter"], cpu_tdp_watts=flags["cpu_tdp_watts"], progress=progress,
+        )
+    out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load)}"))
+    if not measurement.stable:
+        console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
+    console.print(f"wrote {path}", highlight=False)
+
+
+def _load_text(load: Any) -> str:
+    described = load.describe()
+    if described["mode"] == "concurrency":
+        return f"concurrency {described['concurrency']}"
+    return f"{described['request_rate_per_s']:g} req/s open loop"
+
+
+def main() -> None:
+    """Entry point of the greentune console script."""
+    cli(prog_name="greentune")

@@ -1,0 +1,199 @@
+"""The model's config.pbtxt as a ModelConfig protobuf: read it, apply a TrialConfig, validate, write it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+
+from tuner.errors import BadInput
+from tuner.results import INSTANCE_KINDS, TrialConfig
+
+ModelConfig = model_config_pb2.ModelConfig
+
+MAX_BATCH_SIZE_LIMIT = 1 << 16
+
+
+def model_dir(model_repository: Path, model: str) -> Path:
+    """The model's directory inside the repository, checked to exist."""
+    repo = Path(model_repository)
+    if not repo.is_dir():
+        raise BadInput(f"--model-repository {repo}: not a directory")
+    path = repo / model
+    if not (path / "config.pbtxt").is_file():
+        found = sorted(p.name for p in repo.iterdir() if (p / "config.pbtxt").is_file())
+        raise BadInput(
+            f"--model {model}: no {model}/config.pbtxt in {repo}; models there: {', '.join(found) or 'none'}"
+        )
+    return path
+
+
+def read_model_config(path: Path) -> ModelConfig:
+    """Parse a config.pbtxt with protobuf text_format; errors name the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise BadInput(f"{path}:{exc} (expected a Triton ModelConfig in protobuf text format)") from None
+    if not config.name:
+        config.name = Path(path).parent.name
+    return config
+
+
+def load_model_config(model_repository: Path, model: str) -> ModelConfig:
+    """Read the model's own config.pbtxt from the repository."""
+    return read_model_config(model_dir(model_repository, model) / "config.pbtxt")
+
+
+def apply_trial(base: ModelConfig, trial: TrialConfig) -> ModelConfig:
+    """A copy of base with the trial's knobs applied; invalid knobs for this model raise BadInput."""
+    validate_trial(base, trial)
+    config = ModelConfig()
+    config.CopyFrom(base)
+    if trial.instance_count is not None or trial.instance_kind is not None:
+        groups = config.instance_group
+        if not groups:
+            groups.add()
+        # greentune tunes one instance group; extra groups would be counted twice.
+        del groups[1:]
+        group = groups[0]
+        if trial.instance_count is not None:
+            group.count = trial.instance_count
+        if trial.instance_kind is not None:
+            group.kind = model_config_pb2.ModelInstanceGroup.Kind.Value(trial.instance_kind)
+            if trial.instance_kind != "KIND_GPU":
+                del group.gpus[:]
+    if trial.max_batch_size is not None:
+        config.max_batch_size = trial.max_batch_size
+    if trial.dynamic_batching is False:
+        config.ClearField("dynamic_batching")
+    elif trial.dynamic_batching is True:
+        config.dynamic_batching.SetInParent()
+    if trial.max_queue_delay_microseconds is not None:
+        config.dynamic_batching.max_queue_delay_microseconds = trial.max_queue_delay_microseconds
+    if trial.preferred_batch_size is not None:
+        del config.dynamic_batching.preferred_batch_size[:]
+        config.dynamic_batching.preferred_batch_size.extend(trial.preferred_batch_size)
+    return config
+
+
+def validate_trial(base: ModelConfig, trial: TrialConfig) -> None:
+    """Raise BadInput naming the knob when the trial cannot apply to this model."""
+    name = base.name or "model"
+    if trial.instance_count is not None and not 1 <= trial.instance_count <= 256:
+        raise BadInput(f"instance_count: expected an integer from 1 to 256, got {trial.instance_count}")
+    if trial.instance_kind is not None and trial.instance_kind not in INSTANCE_KINDS:
+        raise BadInput(f"instance_kind: expected one of {', '.join(INSTANCE_KINDS)}, got {trial.instance_kind}")
+    batching_knobs = {
+        k: v
+        for k, v in trial.knobs().items()
+        if k in ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
+    }
+    if base.max_batch_size == 0 and batching_knobs:
+        knob = next(iter(batching_knobs))
+        raise BadInput(
+            f"{knob}: model {name} has max_batch_size: 0 (it does not batch), so batching knobs are not valid for it"
+        )
+    if trial.max_batch_size is not None and not 1 <= trial.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+        raise BadInput(f"max_batch_size: expected 1 to {MAX_BATCH_SIZE_LIMIT}, got {trial.max_batch_size}")
+    batching_on = trial.dynamic_batching if trial.dynamic_batching is not None else base.HasField("dynamic_batching")
+    if not batching_on and (trial.max_queue_delay_microseconds is not None or trial.preferred_batch_size):
+        raise BadInput(
+            "max_queue_delay_microseconds/preferred_batch_size: only valid with dynamic_batching=true"
+        )
+    if trial.max_queue_delay_microseconds is not None and not 0 <= trial.max_queue_delay_microseconds <= 10_000_000:
+        raise BadInput(
+            f"max_queue_delay_microseconds: expected 0 to 10000000, got {trial.max_queue_delay_microseconds}"
+        )
+    if trial.preferred_batch_size:
+        limit = trial.max_batch_size if trial.max_batch_size is not None else base.max_batch_size
+        bad = [b for b in trial.preferred_batch_size if not 1 <= b <= limit]
+        if bad:
+            raise BadInput(f"preferred_batch_size: each size must be from 1 to max_batch_size {limit}, got {bad[0]}")
+
+
+def trial_of(config: ModelConfig) -> TrialConfig:
+    """The knob values a ModelConfig has (the baseline trial of a model's own config)."""
+    group = config.instance_group[0] if config.instance_group else None
+    batches = config.max_batch_size > 0
+    dyn = config.HasField("dynamic_batching")
+    return TrialConfig(
+        instance_count=(group.count or 1) if group else 1,
+        instance_kind=model_config_pb2.ModelInstanceGroup.Kind.Name(group.kind) if group else "KIND_AUTO",
+        max_batch_size=config.max_batch_size if batches else None,
+        dynamic_batching=dyn if batches else None,
+        max_queue_delay_microseconds=config.dynamic_batching.max_queue_delay_microseconds if dyn else None,
+        preferred_batch_size=tuple(config.dynamic_batching.preferred_batch_size) or None if dyn else None,
+    )
+
+
+def to_json(config: ModelConfig) -> str:
+    """The config as JSON for tritonclient's load_model(config=...)."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True)
+
+
+def to_text(config: ModelConfig) -> str:
+    """The config in protobuf text format, as config.pbtxt holds it."""
+    return text_format.MessageToString(config)
+
+
+def write_model_config(config: ModelConfig, path: Path) -> None:
+    """Write config.pbtxt atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(to_text(config))
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:
+    """Parse --set NAME=VALUE flags into a TrialConfig; errors name the flag and valid values."""
+    knobs: dict[str, object] = {}
+    valid = [
+        "instance_count",
+        "instance_kind",
+        "max_batch_size",
+        "dynamic_batching",
+        "max_queue_delay_microseconds",
+        "preferred_batch_size",
+    ]
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not raw:
+            raise BadInput(f"--set {item}: expected NAME=VALUE, e.g. --set instance_count=2")
+        if name not in valid:
+            raise BadInput(f"--set {item}: unknown knob {name!r}; valid: {', '.join(valid)}")
+        try:
+            if name == "dynamic_batching":
+                lowered = raw.lower()
+                if lowered not in ("true", "false", "on", "off", "1", "0"):
+                    raise ValueError
+                knobs[name] = lowered in ("true", "on", "1")
+            elif name == "instance_kind":
+                kind = raw.upper()
+                kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
+                if kind not in INSTANCE_KINDS:
+                    raise ValueError
+                knobs[name] = kind
+            elif name == "preferred_batch_size":
+                knobs[name] = tuple(int(v) for v in raw.split(","))
+            else:
+                knobs[name] = int(raw)
+        except ValueError:
+            hint = {
+                "dynamic_batching": "true or false",
+                "instance_kind": "cpu, gpu or auto",
+                "preferred_batch_size": "comma-separated integers, e.g. 4,8",
+            }.get(name, "an integer")
+            raise BadInput(f"--set {item}: expected {hint}") from None
+    return TrialConfig.from_knobs(knobs)

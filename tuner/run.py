@@ -1,0 +1,42 @@
+"""Glue for one-off commands: start a server, measure one trial under the selected meters, save the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuner.load import LoadSpec
+from tuner.measure import InputSource, MeasureSettings, Progress, measure_trial
+from tuner.meters.select import select_meters
+from tuner.model_config import ModelConfig
+from tuner.provenance import environment
+from tuner.results import Measurement, TrialConfig, write_json
+from tuner.server import control
+
+
+def measure_one(
+    model_repository: Path,
+    model: str,
+    base: ModelConfig,
+    trial: TrialConfig,
+    launcher: Any,
+    load: LoadSpec,
+    inputs: InputSource,
+    settings: MeasureSettings,
+    output: Path,
+    energy_meter: str = "auto",
+    cpu_tdp_watts: float | None = None,
+    progress: Progress | None = None,
+) -> tuple[Measurement, Path]:
+    """Measure one config on a fresh server and write OUTPUT/measurement.json; returns both."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    with launcher.start(model_repository, output) as server:
+        meters = select_meters(server, energy_meter, cpu_tdp_watts)
+        measurement = measure_trial(server, model, base, trial, load, inputs, meters, settings, progress)
+        env = environment(control.server_version(server), server.details.get("source", server.kind))
+    meter_details = {m.name: getattr(m, "tdp_basis", None) for m in meters}
+    path = output / "measurement.json"
+    write_json(path, {"model": model, "measurement": measurement.to_dict(), "environment": env,
+                      "meters": meter_details})
+    return measurement, path

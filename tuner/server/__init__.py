@@ -1,0 +1,11 @@
+"""Launchers behind one contract: `with launcher.start(repo, out) as server:` is the only way to get a server."""
+
+from __future__ import annotations
+
+from tuner.server.base import Server, ServerLauncher
+from tuner.server.local import LocalLauncher
+from tuner.server.remote import RemoteLauncher
+
+LAUNCHERS: dict[str, type] = {"local": LocalLauncher, "remote": RemoteLauncher}
+
+__all__ = ["LAUNCHERS", "LocalLauncher", "RemoteLauncher", "Server", "ServerLauncher"]

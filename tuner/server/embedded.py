@@ -1,0 +1,128 @@
+"""Find a Triton server binary: PyTriton's embedded build, fetched with `pip download --no-deps` into a cache."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.errors import BadInput, ServerStartError
+
+PYTRITON_VERSION = "0.7.0"
+WHEEL_GLOB = f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """A tritonserver binary and what it needs to run: backend directory and environment additions."""
+
+    binary: Path
+    backend_directory: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    source: str = "path"
+
+
+def cache_dir() -> Path:
+    """greentune's cache: $GREENTUNE_CACHE, else $XDG_CACHE_HOME/greentune, else ~/.cache/greentune."""
+    if os.environ.get("GREENTUNE_CACHE"):
+        return Path(os.environ["GREENTUNE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "greentune"
+
+
+def find_triton(explicit: Path | None = None, allow_fetch: bool = True) -> TritonInstall:
+    """--tritonserver PATH, else tritonserver on PATH, else the embedded server (fetched once)."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BadInput(f"--tritonserver {path}: not an executable file")
+        return TritonInstall(binary=path, source="--tritonserver")
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return TritonInstall(binary=Path(on_path), source="PATH")
+    return embedded_triton(allow_fetch=allow_fetch)
+
+
+def embedded_triton(allow_fetch: bool = True) -> TritonInstall:
+    """The tritonserver from the nvidia-pytriton wheel, unpacked in the cache, with a writable backends dir."""
+    root = cache_dir() / f"pytriton-{PYTRITON_VERSION}"
+    marker = root / ".complete"
+    if not marker.exists():
+        wheel = _find_wheel(allow_fetch)
+        _unpack(wheel, root)
+        marker.write_text(str(wheel))
+    server_dir = root / "pytriton" / "tritonserver"
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server_dir / "python_backend_stubs" / py / "triton_python_backend_stub"
+    if not stub.exists():
+        raise ServerStartError(
+            f"embedded Triton has no Python backend stub for Python {py}; use Python 3.8-3.13 or --tritonserver PATH"
+        )
+    backends = root / f"backends-py{py}"
+    if not (backends / "python" / "triton_python_backend_stub").exists():
+        tmp = root / f".backends-py{py}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(server_dir / "backends", tmp)
+        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
+        tmp.rename(backends)
+    libs = [str(root / "nvidia_pytriton.libs")]
+    pylib = sysconfig.get_config_var("LIBDIR")
+    if pylib:
+        libs.append(pylib)
+    env = {
+        "LD_LIBRARY_PATH": os.pathsep.join(libs + [os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep),
+        # The stub's embedded Python finds this environment's numpy when our bin/ comes first on PATH.
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
+    return TritonInstall(
+        binary=server_dir / "bin" / "tritonserver",
+        backend_directory=backends,
+        env=env,
+        source=f"embedded (nvidia-pytriton {PYTRITON_VERSION})",
+    )
+
+
+def _find_wheel(allow_fetch: bool) -> Path:
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob(WHEEL_GLOB)) if wheels.exists() else []
+    if found:
+        return found[-1]
+    if not allow_fetch:
+        raise ServerStartError(
+            f"no tritonserver found: give --tritonserver PATH, put tritonserver on PATH, "
+            f"or run `greentune doctor --fetch` to download nvidia-pytriton {PYTRITON_VERSION}"
+        )
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+           f"nvidia-pytriton=={PYTRITON_VERSION}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob(WHEEL_GLOB))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise ServerStartError(
+            f"could not download nvidia-pytriton {PYTRITON_VERSION} for the embedded Triton server: {last[0]}; "
+            f"give --tritonserver PATH instead"
+        )
+    return found[-1]
+
+
+def _unpack(wheel: Path, root: Path) -> None:
+    """Extract the server tree and libraries, keeping the executable bits zipfile drops."""
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            if not info.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")):
+                continue
+            path = Path(archive.extract(info, tmp))
+            mode = info.external_attr >> 16
+            if mode & 0o111:
+                path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)

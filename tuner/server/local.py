@@ -1,0 +1,114 @@
+"""Launch tritonserver as a local process group with explicit model control on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from tuner.errors import ServerStartError
+from tuner.server.base import Server
+from tuner.server.embedded import TritonInstall, find_triton
+from tuner.server.process import free_ports, reap_leftover, stop_group, write_pid_file
+
+STATE_DIR = ".greentune"
+
+
+class LocalLauncher:
+    """Runs tritonserver on this machine: --tritonserver PATH, tritonserver on PATH, or the embedded build."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        tritonserver: Path | None = None,
+        ready_timeout_s: float = 120.0,
+        extra_args: tuple[str, ...] = (),
+        install: TritonInstall | None = None,
+    ) -> None:
+        self.tritonserver = tritonserver
+        self.ready_timeout_s = ready_timeout_s
+        self.extra_args = extra_args
+        self._install = install
+
+    def install(self) -> TritonInstall:
+        """The binary this launcher will run (found once)."""
+        if self._install is None:
+            self._install = find_triton(self.tritonserver)
+        return self._install
+
+    @contextlib.contextmanager
+    def start(self, model_repository: Path, output_dir: Path) -> Iterator[Server]:
+        """Start tritonserver, wait until ready, yield it; always stop the whole process group."""
+        install = self.install()
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        state_dir = output_dir / STATE_DIR
+        reap_leftover(state_dir)
+        http_port, grpc_port, metrics_port = free_ports(3)
+        log_path = output_dir / "tritonserver.log"
+        cmd = [
+            str(install.binary),
+            f"--model-repository={Path(model_repository).resolve()}",
+            "--model-control-mode=explicit",
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={metrics_port}",
+            "--log-verbose=0",
+            *self.extra_args,
+        ]
+        if install.backend_directory is not None:
+            cmd.append(f"--backend-directory={install.backend_directory}")
+        env = {**os.environ, **install.env}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+            )
+        pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
+        server = Server(
+            grpc_url=f"127.0.0.1:{grpc_port}",
+            http_url=f"http://127.0.0.1:{http_port}",
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+            pid=proc.pid,
+            log_path=log_path,
+            kind="local",
+            details={"binary": str(install.binary), "source": install.source},
+        )
+        try:
+            wait_ready(server, self.ready_timeout_s, proc)
+            yield server
+        finally:
+            stop_group(proc.pid)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            pid_file.unlink(missing_ok=True)
+
+
+def wait_ready(server: Server, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll /v2/health/ready until it answers 200; raise ServerStartError with the log tail on death or timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerStartError(
+                f"tritonserver exited with status {proc.returncode} during start; last log lines:\n{server.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(f"{server.http_url}/v2/health/ready", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            pass
+        time.sleep(0.2)
+    raise ServerStartError(
+        f"tritonserver not ready after {timeout_s:.0f} s (raise --ready-timeout); last log lines:\n{server.log_tail()}"
+    )

@@ -1,0 +1,141 @@
+"""Process-group glue for servers we start: stop the whole group, clean leaked shm, find leftovers by pid file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+
+SHM_PREFIX = "triton_python_backend_shm_region_"
+PID_FILE = "server.pid.json"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports on 127.0.0.1 that are free right now (the OS picks them)."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+            ports.append(sock.getsockname()[1])
+    finally:
+        for sock in sockets:
+            sock.close()
+    return ports
+
+
+def port_in_use(port: int) -> bool:
+    """True when something already listens on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    """Live processes in a process group."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def shm_regions_of(processes: list[psutil.Process]) -> set[str]:
+    """Names of the Python-backend shm regions that these stub processes use (from their command lines)."""
+    names = set()
+    for proc in processes:
+        try:
+            for arg in proc.cmdline():
+                if arg.startswith(SHM_PREFIX):
+                    names.add(arg)
+        except psutil.Error:
+            continue
+    return names
+
+
+def remove_shm(names: set[str], shm_dir: Path = Path("/dev/shm")) -> None:
+    """Remove leaked shm regions (the stub's region and its per-instance suffixes)."""
+    for name in names:
+        for path in shm_dir.glob(f"{name}*"):
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+
+def stop_group(pgid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM the group, wait up to grace_s, then SIGKILL whatever is left (stubs ignore SIGTERM)."""
+    members = group_processes(pgid)
+    shm = shm_regions_of(members)
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        members = group_processes(pgid)
+        if not members:
+            break
+        # Once the server itself has gone, remaining stubs will never exit on their own.
+        if not any("tritonserver" in _name(p) for p in members):
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 5
+    while group_processes(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    remove_shm(shm)
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except psutil.Error:
+        return ""
+
+
+def write_pid_file(state_dir: Path, pgid: int, binary: str) -> Path:
+    """Record a server we started, so a later run can stop it if this process is killed."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / PID_FILE
+    path.write_text(json.dumps({"pgid": pgid, "binary": binary, "owner_pid": os.getpid()}))
+    return path
+
+
+def reap_leftover(state_dir: Path) -> int | None:
+    """Stop a server left by a killed earlier run in this output directory; returns its pgid if one was stopped."""
+    path = state_dir / PID_FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        pgid = int(record["pgid"])
+        owner = int(record.get("owner_pid", 0))
+    except (ValueError, KeyError, OSError):
+        path.unlink(missing_ok=True)
+        return None
+    if owner and owner != os.getpid() and psutil.pid_exists(owner):
+        return None  # another live greentune owns it
+    members = group_processes(pgid)
+    stopped = None
+    if any("tritonserver" in _name(p) or "triton_python" in _name(p) for p in members):
+        stop_group(pgid, grace_s=2.0)
+        stopped = pgid
+    path.unlink(missing_ok=True)
+    return stopped
