@@ -5,12 +5,36 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import importlib.util
+import sys
+from types import ModuleType
+
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2
 
 from tuner.errors import BadInput
 from tuner.results import INSTANCE_KINDS, TrialConfig
 
+PB2_MODULE = "tritonclient.grpc.model_config_pb2"
+
+
+def _model_config_pb2() -> ModuleType:
+    """tritonclient's ModelConfig protobuf module, without importing the gRPC client package around it."""
+    if PB2_MODULE in sys.modules:
+        return sys.modules[PB2_MODULE]
+    package = importlib.util.find_spec("tritonclient")
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("tritonclient is not installed")
+    path = Path(next(iter(package.submodule_search_locations))) / "grpc" / "model_config_pb2.py"
+    spec = importlib.util.spec_from_file_location(PB2_MODULE, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # Registered under its real name, so a later `import tritonclient.grpc` reuses it (one descriptor pool entry).
+    sys.modules[PB2_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+model_config_pb2 = _model_config_pb2()
 ModelConfig = model_config_pb2.ModelConfig
 
 MAX_BATCH_SIZE_LIMIT = 1 << 16

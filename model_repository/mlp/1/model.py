@@ -11,7 +11,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-HIDDEN_WIDTH = 512
+HIDDEN_WIDTH = 1024
 LAYER_COUNT = 3
 
 
