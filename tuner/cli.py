@@ -114,8 +114,9 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags for the load generator and measurement windows."""
     options = [
-        click.option("--concurrency", "-c", type=int, default=None,
-                     help="Closed loop: requests in flight at once (default 8)."),
+        click.option("--concurrency", "-c", default=None, metavar="N|auto",
+                     help="Closed loop: requests in flight at once (default 8). search also takes 'auto': per config, "
+                          "the highest load that keeps p99 within --max-p99-ms."),
         click.option("--request-rate", type=float, default=None,
                      help="Open loop: requests per second (the production rate)."),
         click.option("--shape", multiple=True, help="NAME:d1,d2 for inputs with dynamic dims (repeatable)."),
@@ -152,13 +153,27 @@ def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, re
     return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout)
 
 
-def build_load(concurrency: int | None, request_rate: float | None, request_timeout: float) -> Any:
-    """LoadSpec from flags (closed loop at concurrency 8 unless told otherwise)."""
+def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
+               allow_auto: bool = False) -> Any:
+    """LoadSpec from flags (closed loop at concurrency 8 unless told otherwise); None means --concurrency auto."""
+    from tuner.errors import BadInput
     from tuner.load import LoadSpec
 
-    if concurrency is None and request_rate is None:
-        concurrency = 8
-    return LoadSpec(concurrency=concurrency, request_rate_per_s=request_rate, request_timeout_s=request_timeout)
+    if concurrency == "auto":
+        if not allow_auto:
+            raise BadInput("--concurrency auto is only for search; give a number of concurrent requests")
+        if request_rate is not None:
+            raise BadInput("give either --concurrency auto or --request-rate, not both")
+        return None
+    count: int | None = None
+    if concurrency is not None:
+        try:
+            count = int(concurrency)
+        except ValueError:
+            raise BadInput(f"--concurrency {concurrency}: expected a positive integer or auto") from None
+    elif request_rate is None:
+        count = 8
+    return LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout)
 
 
 @cli.command()
@@ -213,10 +228,160 @@ def measure(**flags: Any) -> None:
 
 
 def _load_text(load: Any) -> str:
-    described = load.describe()
+    described = load if isinstance(load, dict) else load.describe()
+    if described["mode"] == "auto":
+        return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
     if described["mode"] == "concurrency":
         return f"concurrency {described['concurrency']}"
     return f"{described['request_rate_per_s']:g} req/s open loop"
+
+
+@cli.command()
+@server_options
+@load_options
+@click.option("--space", "space_name", default="default", show_default=True,
+              help="Search space: a YAML file, or default, cpu or gpu from search_spaces/.")
+@click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s.")
+@click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms.")
+@click.option("--max-memory-mb", type=float, default=None,
+              help="Constraint: server memory at most this many MB (GPU memory where measured, else server RSS).")
+@click.option("--trials", "-n", type=int, default=12, show_default=True, help="Configs to measure (baseline included).")
+@click.option("--timeout", default=None, help="Stop starting trials after this long, e.g. 30m, 1h, 90s.")
+@click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement.")
+@click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
+              help="Optuna sampler (gp needs: pip install 'greentune[gp]').")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
+@click.option("--storage", default=None, help="Optuna storage URL for a shared study (default: OUTPUT/study.db).")
+@click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
+              help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
+@handle_errors
+def search(**flags: Any) -> None:
+    """Search serving configs for the most inferences per joule within the constraints.
+
+    Writes OUTPUT/<model>/config.pbtxt (best feasible config, loaded and smoke-tested first),
+    OUTPUT/summary.json and OUTPUT/trials.csv. Exit status: 0 found a feasible config,
+    3 none was feasible, 2 bad input, 1 other failure, 130 interrupted (rerun with --resume).
+
+    \b
+    Example:
+      greentune search -r model_repository -m mlp --trials 12 --max-p99-ms 20 -o out/
+    """
+    from tuner.search_run import run_search_command
+
+    job, settings = _search_job(flags)
+    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"])
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.description}"), console=console, transient=False)
+    task = bar.add_task("starting Triton…", total=settings.trials)
+    state: dict[str, Any] = {"config": "", "best": "none yet"}
+
+    def progress(event: str, data: dict[str, Any]) -> None:
+        if event == "trial_start":
+            state["config"] = data["config"] + (" (baseline)" if data["baseline"] else "")
+            bar.update(task, description=f"{state['config']} · best: {state['best']}")
+        elif event == "window":
+            bar.update(task, description=f"{state['config']} · window {data['index']}: "
+                                         f"{data['throughput_per_s']:.0f} infer/s · best: {state['best']}")
+        elif event == "trial_end":
+            result, best = data["result"], data["best"]
+            if best is not None and best.measurement is not None:
+                state["best"] = (f"trial {best.number}: {best.measurement.inferences_per_j.mean:.2f} infer/J "
+                                 f"({best.measurement.energy_source})")
+            bar.update(task, completed=data["measured"], description=f"best: {state['best']}")
+            bar.console.print(trial_line(result), highlight=False)
+        elif event == "server_restart":
+            bar.console.print(f"[yellow]server died; restarted it (restart {data['count']})[/]")
+        elif event == "recovered":
+            bar.console.print(f"[yellow]{data['count']} trial(s) interrupted by an earlier run will be retried[/]")
+
+    with bar:
+        outcome, exported = run_search_command(job, settings, launcher, progress)
+    _print_search_result(job, outcome, exported)
+
+
+def _search_job(flags: dict[str, Any]) -> Any:
+    from tuner.inputs import parse_shape_options
+    from tuner.measure import InputSource, MeasureSettings
+    from tuner.model_config import load_model_config
+    from tuner.objective import Constraints
+    from tuner.space import builtin_space_path, load_space
+    from tuner.study import SearchJob, SearchSettings, parse_duration
+
+    base = load_model_config(flags["model_repository"], flags["model"])
+    name = flags["space_name"]
+    path = builtin_space_path(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else Path(name)
+    if path is None:
+        from tuner.errors import BadInput
+
+        raise BadInput(f"--space {name}: no such file and not a built-in space (default, cpu, gpu)")
+    space = load_space(path)
+    constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
+                                    max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True)
+    if load is None and constraints.max_p99_ms is None:
+        from tuner.errors import BadInput
+
+        raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
+    measure = MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
+                              stability_tolerance=flags["stability"])
+    settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
+                              else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
+                              storage=flags["storage"], resume=flags["resume"])
+    job = SearchJob(model_repository=flags["model_repository"], model=flags["model"], base=base, space=space,
+                    constraints=constraints, load=load, inputs=InputSource(parse_shape_options(flags["shape"]),
+                                                                           flags["input_data"]),
+                    measure=measure, output=flags["output"], energy_meter=flags["energy_meter"],
+                    cpu_tdp_watts=flags["cpu_tdp_watts"])
+    return job, settings
+
+
+def trial_line(result: Any) -> str:
+    """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
+    head = f"trial {result.number:>3} "
+    if result.failed:
+        return f"{head}[red]failed[/]    {result.config.describe()} · {result.failure_reason}"
+    m = result.measurement
+    status = "[green]feasible[/]  " if result.feasible else "[yellow]infeasible[/]"
+    return (f"{head}{status} {result.config.describe()} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
+            f"[{m.energy_source}] · p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
+
+
+def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
+    from tuner.errors import NoFeasibleConfig
+    from tuner.outputs import savings
+
+    out.print(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
+              f"({outcome.duplicates} duplicate proposals reused); load: {_load_text(job.load_description())}",
+              highlight=False)
+    if outcome.best is None:
+        raise NoFeasibleConfig(_no_feasible_message(outcome, job))
+    best = outcome.best
+    out.print(f"[bold green]best:[/] trial {best.number}: {best.config.describe()}", highlight=False)
+    out.print(measurement_table(best.measurement, f"best config (trial {best.number})"))
+    saved = savings(best, outcome.baseline)
+    if saved is not None:
+        tie = " (within the measurement spread: a tie)" if saved["within_spread"] else ""
+        out.print(f"vs baseline (trial {outcome.baseline.number}, the model's own config): "
+                  f"{saved['energy_saved_per_inference_j'] * 1000:.3f} mJ per inference saved "
+                  f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
+                  f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%",
+                  highlight=False)
+    out.print(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}", highlight=False)
+
+
+def _no_feasible_message(outcome: Any, job: Any) -> str:
+    from tuner.objective import closest_trial
+
+    closest = closest_trial(outcome.results)
+    where = f"; summary in {job.output / 'summary.json'}"
+    if closest is None:
+        return f"no config could be measured (all {len(outcome.results)} failed){where}"
+    result, constraint = closest
+    return (f"no feasible config among {len(outcome.results)}; closest was trial {result.number} "
+            f"({result.config.describe()}), which breaks {constraint} by {result.violations[constraint]:.0%}{where}")
 
 
 def main() -> None:

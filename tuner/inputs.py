@@ -62,7 +62,7 @@ def input_specs(metadata: dict[str, Any], config: dict[str, Any], shapes: dict[s
             dims = dims[1:]
         if name in shapes:
             given = shapes[name]
-            if len(given) != len(dims) or any(d != -1 and d != g for d, g in zip(dims, given)):
+            if len(given) != len(dims) or any(d != -1 and d != g for d, g in zip(dims, given, strict=True)):
                 raise BadInput(f"--shape {name}:{','.join(map(str, given))}: does not fit the model's dims {dims}")
             dims = list(given)
         elif any(d < 0 for d in dims):
@@ -131,7 +131,7 @@ def load_input_data(path: Path, specs: list[InputSpec]) -> list[Sample]:
                     shape = tuple(batch + [int(d) for d in shape_given])
             try:
                 dtype = NP_DTYPES[spec.datatype]
-                array = np.array(value if spec.datatype != "BYTES" else [str(v).encode() for v in value], dtype=dtype)
+                array: np.ndarray = np.array(value if spec.datatype != "BYTES" else [str(v).encode() for v in value], dtype=dtype)
                 sample[spec.name] = array.reshape(shape)
             except (ValueError, TypeError):
                 raise BadInput(

@@ -94,11 +94,11 @@ class LoadGenerator:
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._client: grpcaio.InferenceServerClient | None = None
-        self._inputs = [self._make_inputs(s) for s in samples]
+        self._inputs = [self.make_inputs(s) for s in samples]
         self._outstanding = 0
 
     @staticmethod
-    def _make_inputs(sample: Sample) -> list[InferInput]:
+    def make_inputs(sample: Sample) -> list[InferInput]:
         inputs = []
         for name, array in sample.items():
             dtype = "BYTES" if array.dtype == np.object_ else _triton_dtype(array.dtype)

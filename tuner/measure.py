@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +74,57 @@ def measure_trial(
     progress: Progress | None = None,
 ) -> Measurement:
     """Load the trial's config, then measure it; raises ModelLoadError, ServerDied or LoadGenerationError."""
+    samples = load_trial(server, model, base_config, trial, inputs, progress)
+    return asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress))
+
+
+def load_trial(
+    server: Server, model: str, base_config: ModelConfig, trial: TrialConfig, inputs: InputSource,
+    progress: Progress | None = None,
+) -> list[Sample]:
+    """Load the trial's config into the server and return request inputs for it."""
     config = apply_trial(base_config, trial)
     _emit(progress, "loading", {"config": trial.describe()})
     control.load_config(server, model, config)
-    samples = inputs.samples(server, model)
-    return asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress))
+    return inputs.samples(server, model)
+
+
+def measure_auto_concurrency(
+    server: Server,
+    model: str,
+    base_config: ModelConfig,
+    trial: TrialConfig,
+    max_p99_ms: float,
+    inputs: InputSource,
+    meters: list[Meter],
+    settings: MeasureSettings,
+    request_timeout_s: float = 30.0,
+    max_concurrency: int = 256,
+    progress: Progress | None = None,
+) -> Measurement:
+    """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there."""
+    samples = load_trial(server, model, base_config, trial, inputs, progress)
+    chosen, best_throughput, concurrency = 1, 0.0, 1
+    while concurrency <= max_concurrency:
+        stats = asyncio.run(_probe(server, model, samples, LoadSpec(concurrency, None, request_timeout_s), settings))
+        _check_alive(server)
+        p99 = stats.percentile_ms(99)
+        _emit(progress, "probe", {"concurrency": concurrency, "throughput_per_s": stats.throughput_per_s, "p99_ms": p99})
+        if not p99 <= max_p99_ms:
+            break
+        if stats.throughput_per_s < best_throughput * 1.03:
+            break  # saturated: more clients only add queueing
+        chosen, best_throughput = concurrency, stats.throughput_per_s
+        concurrency *= 2
+    load = LoadSpec(chosen, None, request_timeout_s)
+    measurement = asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress))
+    return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms})
+
+
+async def _probe(server: Server, model: str, samples: list[Sample], load: LoadSpec, settings: MeasureSettings) -> WindowStats:
+    async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
+        await generator.window(min(settings.warmup_s, 0.5))
+        return await generator.window(settings.window_s)
 
 
 async def _measure(

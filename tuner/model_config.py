@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import importlib.util
+import os
 import sys
+from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from google.protobuf import json_format, text_format
 
@@ -35,7 +35,10 @@ def _model_config_pb2() -> ModuleType:
 
 
 model_config_pb2 = _model_config_pb2()
-ModelConfig = model_config_pb2.ModelConfig
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+else:
+    ModelConfig = model_config_pb2.ModelConfig
 
 MAX_BATCH_SIZE_LIMIT = 1 << 16
 

@@ -62,3 +62,16 @@ def server_version(server: Server) -> str:
         return "unknown"
     finally:
         client.close()
+
+
+def smoke_infer(server: Server, model: str, sample: dict[str, Any]) -> None:
+    """One inference with the given inputs; ServerError with Triton's message when it fails."""
+    from tuner.load import LoadGenerator
+
+    client = _client(server)
+    try:
+        client.infer(model, LoadGenerator.make_inputs(sample), client_timeout=60)
+    except InferenceServerException as exc:
+        raise ServerError(f"smoke inference on {model} failed: {exc.message()}") from None
+    finally:
+        client.close()

@@ -1,0 +1,118 @@
+"""Measurement -> inferences per joule and constraint violations; the Pareto front; choosing the best. Pure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tuner.errors import BadInput
+from tuner.results import Measurement, TrialResult
+
+FAILED_VIOLATION = 1000.0  # a refused or failing config: far outside every constraint, so samplers avoid its region
+CONSTRAINT_NAMES = ("min_throughput", "max_p99_ms", "max_memory_mb", "failed")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the service needs: min throughput (infer/s), max p99 latency (ms), max memory (MB)."""
+
+    min_throughput_per_s: float | None = None
+    max_p99_ms: float | None = None
+    max_memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--min-throughput", self.min_throughput_per_s), ("--max-p99-ms", self.max_p99_ms),
+                            ("--max-memory-mb", self.max_memory_mb)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise BadInput(f"{flag}: expected a positive number, got {value}")
+
+    @classmethod
+    def merge(cls, from_space: dict[str, float], **flags: float | None) -> Constraints:
+        """Flags override the search space's constraints."""
+        def pick(key: str, flag: float | None) -> float | None:
+            return flag if flag is not None else from_space.get(key)
+
+        return cls(
+            min_throughput_per_s=pick("min_throughput", flags.get("min_throughput")),
+            max_p99_ms=pick("max_p99_ms", flags.get("max_p99_ms")),
+            max_memory_mb=pick("max_memory_mb", flags.get("max_memory_mb")),
+        )
+
+    def to_dict(self) -> dict[str, float | None]:
+        """JSON-able dict with units in the keys."""
+        return {"min_throughput_per_s": self.min_throughput_per_s, "max_p99_ms": self.max_p99_ms,
+                "max_memory_mb": self.max_memory_mb}
+
+
+def violations(measurement: Measurement | None, constraints: Constraints) -> dict[str, float]:
+    """Relative violation per constraint (<= 0 holds, > 0 is broken by that fraction); failures get a large one."""
+    if measurement is None:
+        return {name: FAILED_VIOLATION for name in CONSTRAINT_NAMES}
+    out = {"failed": 0.0}
+    if constraints.min_throughput_per_s is not None:
+        limit = constraints.min_throughput_per_s
+        out["min_throughput"] = (limit - measurement.throughput_per_s.mean) / limit
+    if constraints.max_p99_ms is not None:
+        limit = constraints.max_p99_ms
+        out["max_p99_ms"] = (measurement.p99_ms.mean - limit) / limit
+    if constraints.max_memory_mb is not None:
+        limit = constraints.max_memory_mb
+        memory = measurement.memory_mb
+        # Memory that could not be measured cannot be shown to fit.
+        out["max_memory_mb"] = FAILED_VIOLATION if memory is None else (memory - limit) / limit
+    return {k: v if math.isfinite(v) else FAILED_VIOLATION for k, v in out.items()}
+
+
+def score(measurement: Measurement | None) -> float:
+    """The objective to maximise: mean inferences per joule (0 for a failed or unmetered trial)."""
+    if measurement is None:
+        return 0.0
+    value = measurement.inferences_per_j.mean
+    return value if math.isfinite(value) else 0.0
+
+
+def best_trial(results: list[TrialResult]) -> TrialResult | None:
+    """The feasible trial with the most inferences per joule (ties: higher throughput, then lower number)."""
+    feasible = [r for r in results if r.feasible]
+    if not feasible:
+        return None
+    return max(feasible, key=lambda r: (score(r.measurement), _throughput(r), -r.number))
+
+
+def closest_trial(results: list[TrialResult]) -> tuple[TrialResult, str] | None:
+    """The measured trial nearest to feasibility and the constraint it breaks most (for exit 3)."""
+    measured = [r for r in results if not r.failed and r.violations]
+    if not measured:
+        return None
+    closest = min(measured, key=lambda r: sum(max(0.0, v) for v in r.violations.values()))
+    worst = max(closest.violations.items(), key=lambda kv: kv[1])
+    return closest, worst[0]
+
+
+def pareto_front(results: list[TrialResult]) -> list[int]:
+    """Trial numbers of feasible trials not dominated on (inferences/J up, p99 down, throughput up)."""
+    points = []
+    for r in results:
+        if r.feasible and r.measurement is not None:
+            m = r.measurement
+            points.append((r.number, score(m), m.p99_ms.mean, m.throughput_per_s.mean))
+    front = []
+    for number, ipj, p99, tput in points:
+        dominated = any(
+            o_ipj >= ipj and o_p99 <= p99 and o_tput >= tput and (o_ipj > ipj or o_p99 < p99 or o_tput > tput)
+            for _, o_ipj, o_p99, o_tput in points
+        )
+        if not dominated:
+            front.append(number)
+    return sorted(front)
+
+
+def overlaps(a: Measurement, b: Measurement) -> bool:
+    """True when the two inferences-per-joule intervals (mean ± 2 sd) overlap: a tie for reports."""
+    lo_a, hi_a = a.inferences_per_j.mean - 2 * a.inferences_per_j.sd, a.inferences_per_j.mean + 2 * a.inferences_per_j.sd
+    lo_b, hi_b = b.inferences_per_j.mean - 2 * b.inferences_per_j.sd, b.inferences_per_j.mean + 2 * b.inferences_per_j.sd
+    return lo_a <= hi_b and lo_b <= hi_a
+
+
+def _throughput(result: TrialResult) -> float:
+    return result.measurement.throughput_per_s.mean if result.measurement else 0.0

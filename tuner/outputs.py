@@ -1,0 +1,120 @@
+"""Machine-readable outputs for pipelines: summary.json (versioned) and trials.csv (pandas), rewritten after each trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score
+from tuner.results import TrialResult, write_json
+from tuner.study import SearchJob, SearchOutcome
+
+SUMMARY_FILE = "summary.json"
+TRIALS_FILE = "trials.csv"
+
+
+def _brief(result: TrialResult | None) -> dict[str, Any] | None:
+    if result is None:
+        return None
+    return {"trial": result.number, "config": result.config.knobs(),
+            "measurement": result.measurement.to_dict() if result.measurement else None,
+            "failure_reason": result.failure_reason, "violations": result.violations, "feasible": result.feasible}
+
+
+def savings(best: TrialResult | None, baseline: TrialResult | None) -> dict[str, Any] | None:
+    """Energy per inference saved by the chosen config against the baseline, in J and percent."""
+    if best is None or baseline is None or best.measurement is None or baseline.measurement is None:
+        return None
+    chosen_j, base_j = best.measurement.energy_per_inference_j, baseline.measurement.energy_per_inference_j
+    if chosen_j is None or base_j is None:
+        return None
+    return {
+        "energy_per_inference_j_baseline": base_j,
+        "energy_per_inference_j_chosen": chosen_j,
+        "energy_saved_per_inference_j": base_j - chosen_j,
+        "energy_saved_percent": 100.0 * (base_j - chosen_j) / base_j if base_j else None,
+        "throughput_change_percent": 100.0 * (best.measurement.throughput_per_s.mean / baseline.measurement.throughput_per_s.mean - 1)
+        if baseline.measurement.throughput_per_s.mean else None,
+        "p99_change_ms": best.measurement.p99_ms.mean - baseline.measurement.p99_ms.mean,
+        "within_spread": overlaps(best.measurement, baseline.measurement),
+        "energy_source": best.measurement.energy_source,
+    }
+
+
+def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | None) -> dict[str, Any]:
+    """The summary.json body (schema_version is added on write)."""
+    front = pareto_front(outcome.results)
+    closest = closest_trial(outcome.results) if outcome.best is None else None
+    sources = sorted({r.measurement.energy_source for r in outcome.results if r.measurement})
+    return {
+        "model": job.model,
+        "status": "feasible" if outcome.best else "no_feasible_config",
+        "stop_reason": outcome.stop_reason,
+        "objective": "maximize inferences per joule (mean over stable windows)",
+        "load": job.load_description(),
+        "constraints": job.constraints.to_dict(),
+        "search_space": job.space.source,
+        "best": _brief(outcome.best),
+        "baseline": _brief(outcome.baseline),
+        "savings_vs_baseline": savings(outcome.best, outcome.baseline),
+        "closest_infeasible": None if closest is None else {**(_brief(closest[0]) or {}), "most_violated": closest[1]},
+        "exported_config": str(exported) if exported else None,
+        "pareto_front": [_brief(r) for r in outcome.results if r.number in front],
+        "trial_count": len(outcome.results),
+        "failed_trial_count": sum(1 for r in outcome.results if r.failed),
+        "duplicate_proposals_reused": outcome.duplicates,
+        "server_restarts": outcome.server_restarts,
+        "energy_sources": sources,
+        "meters": outcome.meter_details,
+        "environment": outcome.environment,
+        "study": {"storage": outcome.storage_url, "name": outcome.study_name},
+    }
+
+
+def trials_frame(results: list[TrialResult], constraints: Constraints, baseline: TrialResult | None) -> pd.DataFrame:
+    """One row per measured trial: knobs, measurements with units, sources, feasibility, Pareto membership."""
+    front = set(pareto_front(results))
+    rows = []
+    for r in results:
+        m = r.measurement
+        row: dict[str, Any] = {"trial": r.number, "baseline": baseline is not None and r.number == baseline.number}
+        for knob in ("instance_count", "instance_kind", "max_batch_size", "dynamic_batching",
+                     "max_queue_delay_microseconds", "preferred_batch_size"):
+            value = r.config.knobs().get(knob)
+            row[knob] = ",".join(map(str, value)) if isinstance(value, list) else value
+        row.update({
+            "status": "failed" if r.failed else ("feasible" if r.feasible else "infeasible"),
+            "inferences_per_j": score(m) if m else None,
+            "inferences_per_j_sd": m.inferences_per_j.sd if m else None,
+            "energy_per_inference_mj": (m.energy_per_inference_j or 0) * 1000 if m and m.energy_per_inference_j else None,
+            "energy_source": m.energy_source if m else None,
+            "throughput_per_s": m.throughput_per_s.mean if m else None,
+            "throughput_per_s_sd": m.throughput_per_s.sd if m else None,
+            "p50_ms": m.p50_ms if m else None,
+            "p95_ms": m.p95_ms if m else None,
+            "p99_ms": m.p99_ms.mean if m else None,
+            "p99_ms_sd": m.p99_ms.sd if m else None,
+            "memory_mb": m.memory_mb if m else None,
+            "memory_source": m.memory_source if m else None,
+            "concurrency": m.load.get("concurrency") if m else None,
+            "failure_rate": m.failure_rate if m else None,
+            "stable": m.stable if m else None,
+            "pareto": r.number in front,
+            "failure_reason": r.failure_reason,
+        })
+        for name, value in r.violations.items():
+            if name != "failed":
+                row[f"violation_{name}"] = value
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
+    """Write summary.json and trials.csv atomically."""
+    write_json(job.output / SUMMARY_FILE, summary_document(job, outcome, exported))
+    frame = trials_frame(outcome.results, job.constraints, outcome.baseline)
+    tmp = job.output / f".{TRIALS_FILE}.tmp"
+    frame.to_csv(tmp, index=False)
+    tmp.replace(job.output / TRIALS_FILE)

@@ -1,0 +1,323 @@
+"""Search-space YAML: schema, validation (errors name file and key), and sampling a TrialConfig from an Optuna trial."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+from tuner.errors import BadInput
+from tuner.results import INSTANCE_KINDS, TrialConfig
+
+KNOBS = (
+    "instance_count",
+    "instance_kind",
+    "max_batch_size",
+    "dynamic_batching",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+)
+BATCHING_KNOBS = ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
+# The type each knob allows in the YAML, and the condition it always carries.
+KNOB_TYPES = {
+    "instance_count": ("int", "fixed"),
+    "instance_kind": ("choice", "fixed"),
+    "max_batch_size": ("pow2", "fixed"),
+    "dynamic_batching": ("bool", "fixed"),
+    "max_queue_delay_microseconds": ("int", "fixed"),
+    "preferred_batch_size": ("pow2", "fixed"),
+}
+IMPLIED_CONDITION = {"max_queue_delay_microseconds": "dynamic_batching", "preferred_batch_size": "dynamic_batching"}
+CONSTRAINT_KEYS = ("min_throughput", "max_p99_ms", "max_memory_mb")
+TOP_KEYS = ("version", "description", "knobs", "constraints")
+KNOB_KEYS = ("type", "low", "high", "step", "log", "choices", "value", "when")
+POW2_LIMIT = 1 << 16
+
+
+class TrialLike(Protocol):
+    """The part of optuna.Trial that sampling uses (so FixedTrial works in tests)."""
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob's range: int (low..high, step, log), pow2 (powers of two, sampled as exponent), bool, choice, fixed."""
+
+    name: str
+    type: str
+    low: int = 0
+    high: int = 0
+    step: int = 1
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+    value: Any = None
+    when: str | None = None
+
+    @property
+    def param(self) -> str:
+        """The Optuna parameter name (pow2 knobs are sampled as their exponent)."""
+        return f"{self.name}_exp" if self.type == "pow2" else self.name
+
+    def values(self) -> list[Any]:
+        """Every value the sampler can propose for this knob's parameter (for the grid)."""
+        if self.type == "int":
+            if self.log:
+                out, v = [], self.low
+                while v <= self.high:
+                    out.append(v)
+                    v *= 2
+                return out if out[-1] == self.high else [*out, self.high]
+            return list(range(self.low, self.high + 1, self.step))
+        if self.type == "pow2":
+            return list(range(int(math.log2(self.low)), int(math.log2(self.high)) + 1))
+        if self.type == "bool":
+            return [0, 1]
+        if self.type == "choice":
+            return list(self.choices)
+        return [self.value]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space and the constraints it carries."""
+
+    knobs: tuple[Knob, ...]
+    constraints: dict[str, float]
+    source: str
+
+    def for_model(self, batches: bool) -> Space:
+        """The space restricted to what this model supports (batching knobs only where it batches)."""
+        knobs = tuple(k for k in self.knobs if batches or k.name not in BATCHING_KNOBS)
+        return Space(knobs, self.constraints, self.source)
+
+    def sample(self, trial: TrialLike) -> TrialConfig:
+        """Suggest every active knob from the trial (conditional knobs only when their switch is on)."""
+        values: dict[str, Any] = {}
+        for knob in self.knobs:
+            if knob.when is not None and not values.get(knob.when, False):
+                continue
+            if knob.type == "int":
+                values[knob.name] = trial.suggest_int(knob.param, knob.low, knob.high, step=knob.step, log=knob.log)
+            elif knob.type == "pow2":
+                exp = trial.suggest_int(knob.param, int(math.log2(knob.low)), int(math.log2(knob.high)))
+                values[knob.name] = 1 << exp
+            elif knob.type == "bool":
+                values[knob.name] = bool(trial.suggest_int(knob.param, 0, 1))
+            elif knob.type == "choice":
+                values[knob.name] = trial.suggest_categorical(knob.param, list(knob.choices))
+            else:
+                values[knob.name] = knob.value
+        return self._to_config(values)
+
+    @staticmethod
+    def _to_config(values: dict[str, Any]) -> TrialConfig:
+        preferred = values.pop("preferred_batch_size", None)
+        if preferred is not None:
+            # A preferred size above max_batch_size is invalid; the largest valid one is the closest config.
+            limit = values.get("max_batch_size")
+            values["preferred_batch_size"] = (min(preferred, limit) if limit else preferred,)
+        return TrialConfig.from_knobs(values)
+
+    def params_of(self, config: TrialConfig) -> dict[str, Any]:
+        """Optuna params that make sample() return config (for seeding the baseline); knobs outside the space are dropped."""
+        knobs = config.knobs()
+        params: dict[str, Any] = {}
+        for knob in self.knobs:
+            value = knobs.get(knob.name)
+            if value is None or knob.type == "fixed":
+                continue
+            if knob.type == "pow2":
+                value = value[0] if isinstance(value, list) else value
+                if value < 1 or value & (value - 1):
+                    continue
+                params[knob.param] = int(math.log2(value))
+            elif knob.type == "bool":
+                params[knob.param] = int(bool(value))
+            else:
+                params[knob.param] = value
+        return params
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Every parameter and its values, for Optuna's GridSampler."""
+        return {knob.param: knob.values() for knob in self.knobs if knob.type != "fixed"}
+
+    def grid_configs(self) -> list[TrialConfig]:
+        """Every distinct config the space holds (conditional knobs collapse duplicates)."""
+        grid = self.grid()
+        seen: dict[str, TrialConfig] = {}
+        for combo in itertools.product(*grid.values()):
+            params = dict(zip(grid.keys(), combo, strict=True))
+            config = self.sample(_FixedParams(params))
+            seen.setdefault(config.key(), config)
+        return list(seen.values())
+
+
+class _FixedParams:
+    """A TrialLike that returns given params (like optuna.trial.FixedTrial, without the import)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(self.params[name])
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.params[name]
+
+
+def load_space(path: Path) -> Space:
+    """Read and validate a search-space YAML file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read search space ({exc.strerror})") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise BadInput(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    return parse_space(document, str(path))
+
+
+def parse_space(document: Any, source: str) -> Space:
+    """Validate a parsed search-space document; every error names source, key and what is valid."""
+    if not isinstance(document, dict):
+        raise BadInput(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}")
+    for key in document:
+        if key not in TOP_KEYS:
+            raise BadInput(f"{source}: unknown key {key!r}; valid: {', '.join(TOP_KEYS)}")
+    if document.get("version", 1) != 1:
+        raise BadInput(f"{source}: version: expected 1, got {document.get('version')!r}")
+    raw_knobs = document.get("knobs")
+    if not isinstance(raw_knobs, dict) or not raw_knobs:
+        raise BadInput(f"{source}: knobs: expected a mapping of knob names ({', '.join(KNOBS)}) to ranges")
+    knobs = []
+    for name in KNOBS:  # a fixed order, so conditions are sampled after their switch
+        if name in raw_knobs:
+            knobs.append(_parse_knob(name, raw_knobs[name], source))
+    for name in raw_knobs:
+        if name not in KNOBS:
+            raise BadInput(f"{source}: knobs.{name}: unknown knob; valid: {', '.join(KNOBS)}")
+    by_name = {k.name: k for k in knobs}
+    for knob in knobs:
+        if knob.when is not None:
+            switch = by_name.get(knob.when)
+            if switch is None or switch.type not in ("bool", "fixed"):
+                raise BadInput(
+                    f"{source}: knobs.{knob.name}.when: {knob.when!r} must name a bool knob in this space"
+                )
+            if switch.type == "fixed" and not switch.value:
+                raise BadInput(
+                    f"{source}: knobs.{knob.name}.when: {knob.when} is fixed off, so {knob.name} could never apply"
+                )
+    mbs, pref = by_name.get("max_batch_size"), by_name.get("preferred_batch_size")
+    if mbs is not None and pref is not None and mbs.type == "pow2" and pref.type == "pow2" and pref.low > mbs.high:
+        raise BadInput(
+            f"{source}: knobs.preferred_batch_size.low: {pref.low} exceeds max_batch_size.high {mbs.high}; no valid value"
+        )
+    return Space(tuple(knobs), _parse_constraints(document.get("constraints"), source), source)
+
+
+def _parse_constraints(raw: Any, source: str) -> dict[str, float]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BadInput(f"{source}: constraints: expected a mapping of {', '.join(CONSTRAINT_KEYS)} to numbers")
+    out = {}
+    for key, value in raw.items():
+        if key not in CONSTRAINT_KEYS:
+            raise BadInput(f"{source}: constraints.{key}: unknown constraint; valid: {', '.join(CONSTRAINT_KEYS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+            raise BadInput(f"{source}: constraints.{key}: expected a positive number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
+def _parse_knob(name: str, raw: Any, source: str) -> Knob:
+    where = f"{source}: knobs.{name}"
+    if not isinstance(raw, dict):
+        raw = {"value": raw}  # a bare value fixes the knob
+    for key in raw:
+        if key not in KNOB_KEYS:
+            raise BadInput(f"{where}: unknown key {key!r}; valid: {', '.join(KNOB_KEYS)}")
+    when = raw.get("when", IMPLIED_CONDITION.get(name))
+    if when is not None and not isinstance(when, str):
+        raise BadInput(f"{where}.when: expected the name of a bool knob, e.g. dynamic_batching")
+    if name in IMPLIED_CONDITION and when != IMPLIED_CONDITION[name]:
+        raise BadInput(f"{where}.when: {name} only applies when {IMPLIED_CONDITION[name]} is on; got {when!r}")
+    if "value" in raw:
+        return Knob(name, "fixed", value=_check_fixed(name, raw["value"], where), when=when)
+    natural = KNOB_TYPES[name][0]
+    kind = raw.get("type", natural)
+    allowed = {natural, "choice"} if name != "dynamic_batching" else {"bool"}
+    if kind not in allowed:
+        raise BadInput(f"{where}.type: expected {' or '.join(sorted(allowed))}, got {kind!r}")
+    if kind == "bool":
+        return Knob(name, "bool", when=when)
+    if kind == "choice":
+        choices = raw.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise BadInput(f"{where}.choices: expected a non-empty list")
+        checked = tuple(_check_fixed(name, c, f"{where}.choices") for c in choices)
+        if len(set(map(str, checked))) != len(checked):
+            raise BadInput(f"{where}.choices: has duplicates")
+        return Knob(name, "choice", choices=checked, when=when)
+    low, high = raw.get("low"), raw.get("high")
+    for key, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadInput(f"{where}.{key}: expected an integer, got {value!r}")
+    assert isinstance(low, int) and isinstance(high, int)
+    if low > high:
+        raise BadInput(f"{where}: empty range: low {low} > high {high}")
+    if kind == "pow2":
+        for key, value in (("low", low), ("high", high)):
+            if value < 1 or value > POW2_LIMIT or value & (value - 1):
+                raise BadInput(f"{where}.{key}: expected a power of two between 1 and {POW2_LIMIT}, got {value}")
+        return Knob(name, "pow2", low=low, high=high, when=when)
+    step, log = raw.get("step", 1), raw.get("log", False)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise BadInput(f"{where}.step: expected a positive integer, got {step!r}")
+    if not isinstance(log, bool):
+        raise BadInput(f"{where}.log: expected true or false, got {log!r}")
+    if log and (low < 1 or step != 1):
+        raise BadInput(f"{where}.log: log scale needs low >= 1 and step 1")
+    minimum = 1 if name == "instance_count" else 0
+    maximum = 256 if name == "instance_count" else 10_000_000
+    if low < minimum or high > maximum:
+        raise BadInput(f"{where}: expected values from {minimum} to {maximum}, got {low}..{high}")
+    if (high - low) % step:
+        raise BadInput(f"{where}.step: (high - low) must be a multiple of step {step}")
+    return Knob(name, "int", low=low, high=high, step=step, log=log, when=when)
+
+
+def _check_fixed(name: str, value: Any, where: str) -> Any:
+    if name == "instance_kind":
+        kind = str(value).upper()
+        kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
+        if kind not in INSTANCE_KINDS:
+            raise BadInput(f"{where}: expected one of {', '.join(INSTANCE_KINDS)}, got {value!r}")
+        return kind
+    if name == "dynamic_batching":
+        if not isinstance(value, bool):
+            raise BadInput(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "max_queue_delay_microseconds" else 0):
+        raise BadInput(f"{where}: expected a positive integer, got {value!r}")
+    if name in ("max_batch_size", "preferred_batch_size") and value & (value - 1):
+        raise BadInput(f"{where}: expected a power of two, got {value}")
+    return value
+
+
+def builtin_space_path(name: str) -> Path | None:
+    """search_spaces/<name>.yaml shipped with greentune (for --space default|cpu|gpu)."""
+    root = Path(__file__).resolve().parent.parent / "search_spaces"
+    path = root / f"{name}.yaml"
+    return path if path.exists() else None
