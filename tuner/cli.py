@@ -338,6 +338,27 @@ def _search_job(flags: dict[str, Any]) -> Any:
     return job, settings
 
 
+@cli.command()
+@click.option("--fetch", is_flag=True, help="Download the embedded Triton server (nvidia-pytriton) if missing.")
+@handle_errors
+def doctor(fetch: bool) -> None:
+    """Show which launchers, meters, GPUs, Docker API and tritonserver binaries work here, and how to fix the rest.
+
+    \b
+    Example:
+      greentune doctor --fetch
+    """
+    from tuner.doctor import run_checks
+
+    table = Table(title="greentune doctor", header_style="bold")
+    for column in ("area", "what", "status", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in run_checks(fetch=fetch):
+        status = "[green]available[/]" if check.available else "[yellow]unavailable[/]"
+        table.add_row(check.area, check.name, status, check.detail, check.fix)
+    out.print(table)
+
+
 def trial_line(result: Any) -> str:
     """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
     head = f"trial {result.number:>3} "

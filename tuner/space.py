@@ -258,7 +258,7 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
     natural = KNOB_TYPES[name][0]
     kind = raw.get("type", natural)
     allowed = {natural, "choice"} if name != "dynamic_batching" else {"bool"}
-    if kind not in allowed:
+    if not isinstance(kind, str) or kind not in allowed:
         raise BadInput(f"{where}.type: expected {' or '.join(sorted(allowed))}, got {kind!r}")
     if kind == "bool":
         return Knob(name, "bool", when=when)

@@ -233,7 +233,8 @@ class Search:
         restarts = 0
         consecutive_duplicates = 0
         since_improvement = 0
-        best_score = score(best_trial(results).measurement) if best_trial(results) else None
+        initial_best = best_trial(results)
+        best_score = score(initial_best.measurement) if initial_best else None
         grid_size = len(self.space.grid_configs()) if settings.sampler == "grid" else None
         while True:
             try:

@@ -1,0 +1,116 @@
+"""greentune search end to end on the real embedded Triton server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.conftest import MODEL_REPOSITORY, triton_processes
+from tests.integration.conftest import FAST_FLAGS, run_cli
+from tuner.model_config import read_model_config
+from tuner.server import control
+
+pytestmark = pytest.mark.integration
+
+SEARCH = ["search", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "--space", "cpu", "-c", "4", *FAST_FLAGS]
+
+
+def test_six_trial_search_emits_a_config_triton_loads(tmp_path, server):
+    result = run_cli([*SEARCH, "--trials", "6", "--max-p99-ms", "200", "-o", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    exported = tmp_path / "mlp" / "config.pbtxt"
+    config = read_model_config(exported)
+    assert [i.name for i in config.input] == ["INPUT"] and config.backend == "python"
+    control.load_config(server, "mlp", config)  # the real server accepts the exported file
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["schema_version"] == 1 and summary["status"] == "feasible"
+    assert summary["trial_count"] == 6 and summary["baseline"]["trial"] == 0
+    assert summary["baseline"]["config"]["max_batch_size"] == 32  # the model's own config seeds the study
+    assert summary["best"]["measurement"]["energy_source"] == "estimated"
+    assert summary["load"] == {"mode": "concurrency", "concurrency": 4}
+    assert summary["constraints"]["max_p99_ms"] == 200
+    assert summary["savings_vs_baseline"]["energy_per_inference_j_baseline"] > 0
+    assert summary["pareto_front"] and summary["environment"]["triton_server"] != "unknown"
+    best_ipj = summary["best"]["measurement"]["inferences_per_j"]["mean"]
+
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 6 and trials["trial"].is_unique
+    assert trials["pareto"].any() and trials.loc[trials["pareto"], "status"].eq("feasible").all()
+    assert trials["inferences_per_j"].max() == pytest.approx(best_ipj)
+    # no two measured trials share a config: duplicates are reused, never measured again
+    knobs = trials[["instance_count", "max_batch_size", "dynamic_batching", "max_queue_delay_microseconds"]]
+    assert not knobs.astype(str).duplicated().any()
+    assert "best:" in result.stdout and "mJ per inference" in result.stdout
+    assert triton_processes() == []
+
+
+def test_impossible_constraints_exit_3_with_summary(tmp_path):
+    result = run_cli([*SEARCH, "--trials", "2", "--min-throughput", "1000000", "-o", str(tmp_path)])
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "no feasible config" in result.stderr and "min_throughput" in result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "no_feasible_config" and summary["best"] is None
+    assert summary["closest_infeasible"]["most_violated"] == "min_throughput"
+    assert not (tmp_path / "mlp" / "config.pbtxt").exists()
+    assert triton_processes() == []
+
+
+def _wait_for_records(path, count, proc, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(path.glob("trial-*.json"))) >= count:
+            return
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.3)
+    pytest.fail("search did not finish trials in time")
+
+
+def test_killed_search_resumes_keeping_finished_trials(tmp_path):
+    args = [*SEARCH, "--trials", "4", "--max-p99-ms", "500", "-o", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_records(tmp_path / "trials", 2, proc)
+    proc.kill()  # SIGKILL: no cleanup runs; the server it started is left behind
+    proc.wait()
+    before = {p.name: json.loads(p.read_text()) for p in (tmp_path / "trials").glob("trial-*.json")}
+
+    again = run_cli(args)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently mixes into an old study
+
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["trial_count"] == 4
+    numbers = {b["trial"] for b in [summary["best"], summary["baseline"]]}
+    assert 0 in numbers or summary["baseline"]["trial"] == 0
+    for name, record in before.items():  # finished trials are kept exactly as measured
+        assert json.loads((tmp_path / "trials" / name).read_text()) == record
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 4
+    assert triton_processes() == []  # the killed run's server was found by its pid file and stopped
+
+
+def test_sigint_mid_search_then_resume_reaches_same_count(tmp_path):
+    args = [*SEARCH, "--trials", "3", "--max-p99-ms", "500", "-o", str(tmp_path)]
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_records(tmp_path / "trials", 1, proc)
+    time.sleep(1.5)  # inside the next trial's measurement
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "--resume" in stderr and "Traceback" not in stderr
+    assert triton_processes() == []
+    resumed = run_cli([*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert len(trials) == 3
+    knobs = trials[["instance_count", "max_batch_size", "dynamic_batching", "max_queue_delay_microseconds"]]
+    assert not knobs.astype(str).duplicated().any()

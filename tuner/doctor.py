@@ -1,0 +1,93 @@
+"""What this machine offers greentune: Triton binaries, launchers, meters, GPUs, Docker API; each with its fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuner.server.embedded import PYTRITON_VERSION, cache_dir, embedded_triton
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding: what, whether it is available, the detail, and how to fix it when not."""
+
+    area: str
+    name: str
+    available: bool
+    detail: str
+    fix: str = ""
+
+
+def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/powercap")) -> list[Check]:
+    """Look at the machine (lazily, nothing cached); with fetch=True download the embedded server if missing."""
+    checks: list[Check] = []
+    on_path = shutil.which("tritonserver")
+    checks.append(Check("triton", "tritonserver on PATH", bool(on_path), on_path or "not found",
+                        "" if on_path else "optional: greentune falls back to the embedded server"))
+    try:
+        install = embedded_triton(allow_fetch=fetch)
+        checks.append(Check("triton", f"embedded (nvidia-pytriton {PYTRITON_VERSION})", True, str(install.binary)))
+    except Exception as exc:  # reported, not raised: doctor explains
+        checks.append(Check("triton", f"embedded (nvidia-pytriton {PYTRITON_VERSION})", False, str(exc).splitlines()[0],
+                            f"greentune doctor --fetch (downloads into {cache_dir()})"))
+    local_ok = bool(on_path) or checks[-1].available
+    checks.append(Check("launcher", "local", local_ok, "starts tritonserver here" if local_ok else "no binary",
+                        "" if local_ok else "see the triton lines above"))
+    checks.append(Check("launcher", "remote", True, "uses a running server given by --url"))
+    checks.append(_docker_check())
+    checks.extend(_nvml_checks())
+    checks.append(_rapl_check(powercap_root))
+    checks.append(Check("meter", "estimate", True,
+                        "CPU time of the server processes x (TDP / cores) + idle share; figures labelled 'estimated'"))
+    checks.append(Check("meter", "memory", True, "peak RSS of the server process tree"))
+    return checks
+
+
+def _docker_check() -> Check:
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        import docker
+
+        client = docker.DockerClient(base_url=host, timeout=3)
+        version = client.version().get("Version", "?")
+        client.close()
+        return Check("launcher", "docker API", True, f"{host} (engine {version})")
+    except Exception as exc:
+        return Check("launcher", "docker API", False, f"{host}: {str(exc).splitlines()[0][:120]}",
+                     "start Docker, or `podman system service --time=0 unix:///PATH.sock` and set DOCKER_HOST")
+
+
+def _nvml_checks() -> list[Check]:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return [Check("meter", "nvml", False, f"NVML not available: {str(exc)[:100]}",
+                      "needs an NVIDIA GPU and driver; energy on this machine is estimated or read from RAPL")]
+    try:
+        checks = []
+        for index in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            name = pynvml.nvmlDeviceGetName(handle)
+            checks.append(Check("gpu", f"GPU {index}", True, str(name)))
+        checks.append(Check("meter", "nvml", bool(checks), f"{len(checks)} GPU(s), driver "
+                                                            f"{pynvml.nvmlSystemGetDriverVersion()}"))
+        return checks
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _rapl_check(root: Path) -> Check:
+    domains = sorted(root.glob("intel-rapl:*/energy_uj")) if root.exists() else []
+    if not domains:
+        return Check("meter", "rapl", False, f"no {root}/intel-rapl:*/energy_uj",
+                     "RAPL needs an Intel or AMD CPU with powercap exposed (not in most VMs)")
+    unreadable = [p for p in domains if not os.access(p, os.R_OK)]
+    if unreadable:
+        return Check("meter", "rapl", False, f"{unreadable[0]} is not readable",
+                     f"sudo chmod a+r {root}/intel-rapl:*/energy_uj (or run greentune as root)")
+    return Check("meter", "rapl", True, f"{len(domains)} domain(s) under {root}")
