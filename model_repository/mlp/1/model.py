@@ -31,7 +31,7 @@ class TritonPythonModel:
         rng = np.random.default_rng(0)
         self.weights = [
             (rng.standard_normal((a, b)) / np.sqrt(a)).astype(np.float32)
-            for a, b in zip(widths, widths[1:])
+            for a, b in zip(widths, widths[1:], strict=False)
         ]
 
     def _forward(self, x):
@@ -44,7 +44,7 @@ class TritonPythonModel:
         flat = [a.reshape(-1, a.shape[-1]) for a in arrays]
         y = self._forward(np.concatenate(flat).astype(np.float32))
         responses, start = [], 0
-        for a, f in zip(arrays, flat):
+        for a, f in zip(arrays, flat, strict=True):
             part = y[start : start + f.shape[0]].reshape(a.shape[:-1] + (y.shape[-1],))
             start += f.shape[0]
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
