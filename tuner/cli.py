@@ -52,10 +52,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fmt_spread(spread: Spread, digits: int = 1, unit: str = "") -> str:
-    """'123.4 ± 5.6 unit (sd, n=3)' — every repeated figure carries its spread."""
+    """'123.4 ± 5.6 unit (95% CI, n=3)': every repeated figure carries its spread."""
     if spread.n == 0:
         return "n/a"
-    return f"{spread.mean:.{digits}f} ± {spread.sd:.{digits}f}{(' ' + unit) if unit else ''} (sd, n={spread.n})"
+    unit_text = f" {unit}" if unit else ""
+    if spread.n < 2:
+        return f"{spread.mean:.{digits}f}{unit_text} (n=1, no spread)"
+    return f"{spread.mean:.{digits}f} ± {spread.ci95:.{digits}f}{unit_text} (95% CI, n={spread.n})"
 
 
 def measurement_table(m: Measurement, title: str) -> Table:
@@ -69,7 +72,12 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), "per window")
     if m.energy_j is not None:
         domains = ", ".join(f"{k} {v:.1f} J" for k, v in m.energy_domains_j.items())
-        table.add_row("energy", f"{m.energy_j:.1f} J over {m.duration_s:.1f} s", f"{m.energy_source} ({domains})")
+        table.add_row("energy", f"{m.total_energy_j or m.energy_j:.1f} J over {m.duration_s:.1f} s",
+                      f"{m.energy_source} ({domains})")
+        if m.idle_power_w is not None:
+            table.add_row("idle power", f"{m.idle_power_w:.1f} W", f"{m.energy_source}, server up, no load")
+        if m.energy_accounting == "dynamic":
+            table.add_row("dynamic energy", f"{m.energy_j:.1f} J", "idle power x time subtracted")
         table.add_row("energy per inference", f"{(m.energy_per_inference_j or 0) * 1000:.3f} mJ", m.energy_source)
         table.add_row("inferences per joule", fmt_spread(m.inferences_per_j, 2, "infer/J"), m.energy_source)
     else:
@@ -78,6 +86,8 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_row("server memory (peak)", memory, m.memory_source)
     table.add_row("requests", f"{m.success_count} ok, {m.failure_count} failed", f"{m.failure_rate:.1%} failed")
     table.add_row("stability", "stable" if m.stable else "UNSTABLE", f"{len(m.windows)} final windows")
+    for warning in m.warnings:
+        table.add_row("[yellow]warning[/]", "", warning)
     return table
 
 
@@ -124,22 +134,31 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Real inputs in perf_analyzer's JSON format."),
         click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."),
         click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
-        click.option("--window", type=float, default=2.0, show_default=True, help="Seconds per measurement window."),
+        click.option("--window", type=float, default=None,
+                     help="Seconds per measurement window (default 2; 10 with NVML, never below 5 with NVML)."),
         click.option("--max-windows", type=int, default=10, show_default=True,
                      help="Give up on stability after this many windows."),
         click.option("--stability", type=float, default=0.10, show_default=True,
                      help="Last 3 windows' throughput and p99 within this fraction of their mean."),
-        click.option("--energy-meter", type=click.Choice(["auto", "estimate"]), default="auto", show_default=True,
-                     help="Energy source (auto picks the best available here)."),
+        click.option("--energy-meter", type=click.Choice(["auto", "nvml", "rapl", "estimate"]), default="auto",
+                     show_default=True,
+                     help="auto: NVML for the server's GPUs plus RAPL (else the estimate) for the host CPU."),
+        click.option("--gpus", default=None, metavar="0,1",
+                     help="GPUs the server may use and that are metered (default: all NVML sees)."),
         click.option("--cpu-tdp-watts", type=float, default=None,
                      help="CPU TDP for the estimate meter (default: table or 10 W per logical core)."),
+        click.option("--energy-accounting", type=click.Choice(["total", "dynamic"]), default="total",
+                     show_default=True, help="total joules, or dynamic: idle power subtracted."),
+        click.option("--idle-seconds", type=float, default=3.0, show_default=True,
+                     help="Idle power is measured this long (server up, no load) before measuring."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, ready_timeout: float) -> Any:
+def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, ready_timeout: float,
+                   gpus: list[int] | None = None) -> Any:
     """The launcher the flags ask for."""
     from tuner.errors import BadInput
     from tuner.server import LocalLauncher, RemoteLauncher
@@ -147,10 +166,36 @@ def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, re
     if launcher == "remote":
         if not url:
             raise BadInput("--launcher remote needs --url http://HOST:PORT of a running server")
+        if tritonserver is not None:
+            raise BadInput("--tritonserver is only used with --launcher local")
         return RemoteLauncher(url, ready_timeout_s=ready_timeout)
     if url:
         raise BadInput("--url is only used with --launcher remote")
-    return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout)
+    return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout, gpus=gpus)
+
+
+def parse_gpus(text: str | None) -> list[int] | None:
+    """--gpus 0,1 -> [0, 1]."""
+    from tuner.errors import BadInput
+
+    if text is None:
+        return None
+    try:
+        gpus = [int(part) for part in text.split(",")]
+        if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"--gpus {text}: expected distinct GPU indices, e.g. 0,1") from None
+    return gpus
+
+
+def measure_settings(flags: dict[str, Any]) -> Any:
+    """MeasureSettings from the shared load/meter flags."""
+    from tuner.measure import MeasureSettings
+
+    return MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
+                           stability_tolerance=flags["stability"], idle_s=flags["idle_seconds"],
+                           energy_accounting=flags["energy_accounting"])
 
 
 def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
@@ -194,7 +239,7 @@ def measure(**flags: Any) -> None:
         --set max_batch_size=16 --set dynamic_batching=true --concurrency 8
     """
     from tuner.inputs import parse_shape_options
-    from tuner.measure import InputSource, MeasureSettings
+    from tuner.measure import InputSource
     from tuner.model_config import load_model_config, parse_set_options
     from tuner.run import measure_one
 
@@ -203,11 +248,11 @@ def measure(**flags: Any) -> None:
     from tuner.model_config import validate_trial
 
     validate_trial(base, trial)
-    settings = MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
-                               stability_tolerance=flags["stability"])
+    settings = measure_settings(flags)
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
-    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"])
+    gpus = parse_gpus(flags["gpus"])
+    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"], gpus)
     with console.status("starting Triton…") as status:
         def progress(event: str, data: dict[str, Any]) -> None:
             if event == "window":
@@ -219,7 +264,7 @@ def measure(**flags: Any) -> None:
         measurement, path = measure_one(
             model_repository=flags["model_repository"], model=flags["model"], base=base, trial=trial,
             launcher=launcher, load=load, inputs=inputs, settings=settings, output=flags["output"],
-            energy_meter=flags["energy_meter"], cpu_tdp_watts=flags["cpu_tdp_watts"], progress=progress,
+            energy_meter=flags["energy_meter"], cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=gpus, progress=progress,
         )
     out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load)}"))
     if not measurement.stable:
@@ -253,6 +298,8 @@ def _load_text(load: Any) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--storage", default=None, help="Optuna storage URL for a shared study (default: OUTPUT/study.db).")
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
+@click.option("--repeats", type=int, default=1, show_default=True,
+              help="Re-measure the top 3 configs until each has N measurements, then choose by their pooled mean.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
               help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
 @handle_errors
@@ -270,7 +317,7 @@ def search(**flags: Any) -> None:
     from tuner.search_run import run_search_command
 
     job, settings = _search_job(flags)
-    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"])
+    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"], job.gpus)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
@@ -304,7 +351,7 @@ def search(**flags: Any) -> None:
 
 def _search_job(flags: dict[str, Any]) -> Any:
     from tuner.inputs import parse_shape_options
-    from tuner.measure import InputSource, MeasureSettings
+    from tuner.measure import InputSource
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
     from tuner.space import builtin_space_path, load_space
@@ -325,16 +372,15 @@ def _search_job(flags: dict[str, Any]) -> Any:
         from tuner.errors import BadInput
 
         raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
-    measure = MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
-                              stability_tolerance=flags["stability"])
+    measure = measure_settings(flags)
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
-                              storage=flags["storage"], resume=flags["resume"])
+                              storage=flags["storage"], resume=flags["resume"], repeats=flags["repeats"])
     job = SearchJob(model_repository=flags["model_repository"], model=flags["model"], base=base, space=space,
                     constraints=constraints, load=load, inputs=InputSource(parse_shape_options(flags["shape"]),
                                                                            flags["input_data"]),
                     measure=measure, output=flags["output"], energy_meter=flags["energy_meter"],
-                    cpu_tdp_watts=flags["cpu_tdp_watts"])
+                    cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]))
     return job, settings
 
 

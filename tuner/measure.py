@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,14 +28,22 @@ class MeasureSettings:
     """How a trial is measured: warm-up, window length, stability rule, failure tolerance."""
 
     warmup_s: float = 2.0
-    window_s: float = 2.0
+    window_s: float | None = None  # None: the meters' preferred window (2 s; 10 s with NVML)
     max_windows: int = 10
     stable_windows: int = 3
     stability_tolerance: float = 0.10
     max_failure_rate: float = 0.05
+    idle_s: float = 3.0
+    energy_accounting: str = "total"
 
     def __post_init__(self) -> None:
-        if not self.window_s > 0:
+        if self.energy_accounting not in ("total", "dynamic"):
+            raise BadInput(f"--energy-accounting {self.energy_accounting}: expected total or dynamic")
+        if self.idle_s < 0:
+            raise BadInput(f"--idle-seconds: expected 0 or more seconds, got {self.idle_s}")
+        if self.energy_accounting == "dynamic" and self.idle_s <= 0:
+            raise BadInput("--energy-accounting dynamic needs an idle measurement: --idle-seconds above 0")
+        if self.window_s is not None and not self.window_s > 0:
             raise BadInput(f"--window: expected positive seconds, got {self.window_s}")
         if self.warmup_s < 0:
             raise BadInput(f"--warmup: expected 0 or more seconds, got {self.warmup_s}")
@@ -44,6 +53,13 @@ class MeasureSettings:
             )
         if not 0 < self.stability_tolerance < 1:
             raise BadInput(f"--stability: expected a fraction between 0 and 1, got {self.stability_tolerance}")
+
+
+    def window_for(self, meters: list[Meter]) -> float:
+        """The window length: as asked (or the meters' preference), never below a meter's minimum."""
+        window = self.window_s if self.window_s is not None else max(
+            [2.0, *(getattr(m, "preferred_window_s", 2.0) for m in meters)])
+        return max([window, *(getattr(m, "min_window_s", 0.0) for m in meters)])
 
 
 @dataclass(frozen=True)
@@ -72,10 +88,32 @@ def measure_trial(
     meters: list[Meter],
     settings: MeasureSettings,
     progress: Progress | None = None,
+    idle_power_w: float | None = None,
 ) -> Measurement:
     """Load the trial's config, then measure it; raises ModelLoadError, ServerDied or LoadGenerationError."""
     samples = load_trial(server, model, base_config, trial, inputs, progress)
-    return asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress))
+    return measure_loaded(server, model, trial, load, samples, meters, settings, progress, idle_power_w)
+
+
+def measure_loaded(
+    server: Server, model: str, trial: TrialConfig, load: LoadSpec, samples: list[Sample], meters: list[Meter],
+    settings: MeasureSettings, progress: Progress | None = None, idle_power_w: float | None = None,
+) -> Measurement:
+    """Measure the config that is already loaded (warm-up, then windows until stable)."""
+    return asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress, idle_power_w))
+
+
+def measure_idle(server: Server, meters: list[Meter], seconds: float) -> dict[str, float]:
+    """Idle power (W) per energy domain: server up, model loaded, no load."""
+    energy_meters = [m for m in meters if m.measures_energy]
+    if not energy_meters or seconds <= 0:
+        return {}
+    for meter in energy_meters:
+        meter.begin()
+    time.sleep(seconds)
+    readings = [meter.end() for meter in energy_meters]
+    _check_alive(server)
+    return {domain: joules / r.duration_s for r in readings for domain, joules in r.energy_j.items() if r.duration_s}
 
 
 def load_trial(
@@ -101,6 +139,7 @@ def measure_auto_concurrency(
     request_timeout_s: float = 30.0,
     max_concurrency: int = 256,
     progress: Progress | None = None,
+    idle_power_w: float | None = None,
 ) -> Measurement:
     """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there."""
     samples = load_trial(server, model, base_config, trial, inputs, progress)
@@ -117,14 +156,14 @@ def measure_auto_concurrency(
         chosen, best_throughput = concurrency, stats.throughput_per_s
         concurrency *= 2
     load = LoadSpec(chosen, None, request_timeout_s)
-    measurement = asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress))
+    measurement = asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress, idle_power_w))
     return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms})
 
 
 async def _probe(server: Server, model: str, samples: list[Sample], load: LoadSpec, settings: MeasureSettings) -> WindowStats:
     async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
         await generator.window(min(settings.warmup_s, 0.5))
-        return await generator.window(settings.window_s)
+        return await generator.window(settings.window_s or 2.0)
 
 
 async def _measure(
@@ -136,6 +175,7 @@ async def _measure(
     meters: list[Meter],
     settings: MeasureSettings,
     progress: Progress | None,
+    idle_power_w: float | None = None,
 ) -> Measurement:
     windows: list[tuple[WindowStats, list[Reading]]] = []
     async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
@@ -143,11 +183,12 @@ async def _measure(
             _emit(progress, "warmup", {"seconds": settings.warmup_s})
             await generator.window(settings.warmup_s)
             _check_alive(server)
+        window_s = settings.window_for(meters)
         for index in range(settings.max_windows):
             for meter in meters:
                 meter.begin()
             try:
-                stats = await generator.window(settings.window_s)
+                stats = await generator.window(window_s)
             finally:
                 readings = [meter.end() for meter in meters]
             _check_alive(server)
@@ -159,7 +200,7 @@ async def _measure(
                 break
     for meter in meters:
         meter.close()
-    return summarize(trial, load, windows, settings)
+    return summarize(trial, load, windows, settings, idle_power_w)
 
 
 def _check_alive(server: Server) -> None:
@@ -173,9 +214,13 @@ def _emit(progress: Progress | None, event: str, data: dict[str, Any]) -> None:
 
 
 def summarize(
-    trial: TrialConfig, load: LoadSpec, windows: list[tuple[WindowStats, list[Reading]]], settings: MeasureSettings
+    trial: TrialConfig, load: LoadSpec, windows: list[tuple[WindowStats, list[Reading]]], settings: MeasureSettings,
+    idle_power_w: float | None = None,
 ) -> Measurement:
-    """Aggregate the final windows into a Measurement; too many failed requests raise LoadGenerationError."""
+    """Aggregate the final windows into a Measurement; too many failed requests raise LoadGenerationError.
+
+    With energy_accounting 'dynamic', idle power x window time is subtracted from each window's joules.
+    """
     throughputs = [w.throughput_per_s for w, _ in windows]
     p99s = [w.percentile_ms(99) for w, _ in windows]
     stable = is_stable(throughputs, p99s, settings.stability_tolerance, settings.stable_windows)
@@ -197,9 +242,17 @@ def summarize(
     sources: list[str] = []
     domains: dict[str, float] = {}
     memory_source = SOURCE_UNAVAILABLE
+    warnings: list[str] = []
+    totals: list[float | None] = []
+    energy_details: dict[str, Any] = {}
+    triton_j: list[float] = []
+    dynamic = settings.energy_accounting == "dynamic" and idle_power_w is not None
     for stats, readings in used:
         energy = None
         memory = None
+        # GPU memory (NVML) is what a GPU deployment runs out of; host RSS only where no GPU is metered.
+        gpu_memory = [r for r in readings if r.memory_mb is not None and r.details.get("memory_kind") == "gpu"]
+        memory_readings = gpu_memory or [r for r in readings if r.memory_mb is not None]
         for reading in readings:
             if reading.energy_j:
                 energy = (energy or 0.0) + sum(reading.energy_j.values())
@@ -207,9 +260,19 @@ def summarize(
                     domains[domain] = domains.get(domain, 0.0) + joules
                 if reading.source not in sources:
                     sources.append(reading.source)
-            if reading.memory_mb is not None:
-                memory = max(memory or 0.0, reading.memory_mb)
-                memory_source = reading.source
+            warnings.extend(w for w in reading.details.get("warnings", ()) if w not in warnings)
+            if reading.energy_j:
+                energy_details[reading.meter] = {k: v for k, v in reading.details.items() if k != "warnings"}
+                if reading.details.get("triton_nv_energy_consumption_j") is not None:
+                    triton_j.append(reading.details["triton_nv_energy_consumption_j"])
+        for reading in memory_readings:
+            memory = max(memory or 0.0, reading.memory_mb or 0.0)
+            memory_source = reading.source + (" (GPU memory)" if reading in gpu_memory else "")
+        totals.append(energy)
+        if energy is not None and dynamic:
+            assert idle_power_w is not None
+            # Never below 1% of the total: a window cannot be free.
+            energy = max(energy - idle_power_w * stats.duration_s, 0.01 * energy)
         energies.append(energy)
         per_window.append(Window(
             duration_s=stats.duration_s, success_count=stats.success_count, failure_count=stats.failure_count,
@@ -240,4 +303,40 @@ def summarize(
         stable=stable,
         windows=tuple(per_window),
         error_samples=errors,
+        warnings=tuple(warnings),
+        idle_power_w=idle_power_w,
+        energy_accounting="dynamic" if dynamic else "total",
+        total_energy_j=sum(t for t in totals if t is not None) if have_energy else None,
+        energy_details={**energy_details, **({"triton_nv_energy_consumption_j": sum(triton_j)} if triton_j else {})},
+    )
+
+
+def pool_measurements(runs: list[Measurement], settings: MeasureSettings) -> Measurement:
+    """Combine repeated measurements of one config: spreads over every window of every run."""
+    if len(runs) == 1:
+        return runs[0]
+    windows = [w for m in runs for w in m.windows]
+    first = runs[0]
+    energies = [w.energy_j for w in windows]
+    have_energy = all(e is not None for e in energies)
+    memories = [m.memory_mb for m in runs if m.memory_mb is not None]
+    return replace(
+        first,
+        throughput_per_s=Spread.of([w.throughput_per_s for w in windows]),
+        p50_ms=float(np.mean([m.p50_ms for m in runs])),
+        p95_ms=float(np.mean([m.p95_ms for m in runs])),
+        p99_ms=Spread.of([w.p99_ms for w in windows]),
+        energy_j=sum(e for e in energies if e is not None) if have_energy else None,
+        total_energy_j=sum(m.total_energy_j or 0.0 for m in runs) if have_energy else None,
+        energy_domains_j={k: sum(m.energy_domains_j.get(k, 0.0) for m in runs) for k in first.energy_domains_j},
+        inferences_per_j=Spread.of([w.success_count / w.energy_j for w in windows if w.energy_j])
+        if have_energy else Spread.of([]),
+        memory_mb=max(memories) if memories else None,
+        success_count=sum(m.success_count for m in runs),
+        failure_count=sum(m.failure_count for m in runs),
+        duration_s=sum(m.duration_s for m in runs),
+        stable=all(m.stable for m in runs),
+        windows=tuple(windows),
+        warnings=tuple(dict.fromkeys(w for m in runs for w in m.warnings)),
+        repeats=len(runs),
     )

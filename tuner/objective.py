@@ -108,10 +108,18 @@ def pareto_front(results: list[TrialResult]) -> list[int]:
 
 
 def overlaps(a: Measurement, b: Measurement) -> bool:
-    """True when the two inferences-per-joule intervals (mean ± 2 sd) overlap: a tie for reports."""
-    lo_a, hi_a = a.inferences_per_j.mean - 2 * a.inferences_per_j.sd, a.inferences_per_j.mean + 2 * a.inferences_per_j.sd
-    lo_b, hi_b = b.inferences_per_j.mean - 2 * b.inferences_per_j.sd, b.inferences_per_j.mean + 2 * b.inferences_per_j.sd
+    """True when the 95% confidence intervals of inferences per joule overlap: a tie for reports."""
+    lo_a, hi_a = a.inferences_per_j.interval()
+    lo_b, hi_b = b.inferences_per_j.interval()
     return lo_a <= hi_b and lo_b <= hi_a
+
+
+def ties_with(best: TrialResult, results: list[TrialResult]) -> list[int]:
+    """Feasible trials whose inferences-per-joule interval overlaps the best's (statistically tied)."""
+    if best.measurement is None:
+        return []
+    return [r.number for r in results if r.feasible and r.number != best.number and r.measurement is not None
+            and overlaps(best.measurement, r.measurement)]
 
 
 def _throughput(result: TrialResult) -> float:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score
+from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score, ties_with
 from tuner.results import TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
@@ -40,7 +40,16 @@ def savings(best: TrialResult | None, baseline: TrialResult | None) -> dict[str,
         "p99_change_ms": best.measurement.p99_ms.mean - baseline.measurement.p99_ms.mean,
         "within_spread": overlaps(best.measurement, baseline.measurement),
         "energy_source": best.measurement.energy_source,
+        "energy_accounting": best.measurement.energy_accounting,
+        "total_energy_per_inference_j_baseline": _per_inference(baseline.measurement.total_energy_j, baseline),
+        "total_energy_per_inference_j_chosen": _per_inference(best.measurement.total_energy_j, best),
     }
+
+
+def _per_inference(joules: float | None, result: TrialResult) -> float | None:
+    if joules is None or result.measurement is None or not result.measurement.success_count:
+        return None
+    return joules / result.measurement.success_count
 
 
 def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | None) -> dict[str, Any]:
@@ -62,6 +71,13 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "closest_infeasible": None if closest is None else {**(_brief(closest[0]) or {}), "most_violated": closest[1]},
         "exported_config": str(exported) if exported else None,
         "pareto_front": [_brief(r) for r in outcome.results if r.number in front],
+        "ties_with_best": ties_with(outcome.best, outcome.results) if outcome.best else [],
+        "ties_note": "trials whose 95% confidence interval of inferences per joule overlaps the best's",
+        "idle_power_w": outcome.idle_power_w,
+        "idle_power_total_w": sum(outcome.idle_power_w.values()) if outcome.idle_power_w else None,
+        "energy_accounting": job.measure.energy_accounting,
+        "repeated_trials": outcome.repeated,
+        "warnings": sorted({w for r in outcome.results if r.measurement for w in r.measurement.warnings}),
         "trial_count": len(outcome.results),
         "failed_trial_count": sum(1 for r in outcome.results if r.failed),
         "duplicate_proposals_reused": outcome.duplicates,
@@ -88,6 +104,7 @@ def trials_frame(results: list[TrialResult], constraints: Constraints, baseline:
             "status": "failed" if r.failed else ("feasible" if r.feasible else "infeasible"),
             "inferences_per_j": score(m) if m else None,
             "inferences_per_j_sd": m.inferences_per_j.sd if m else None,
+            "inferences_per_j_ci95": m.inferences_per_j.ci95 if m else None,
             "energy_per_inference_mj": (m.energy_per_inference_j or 0) * 1000 if m and m.energy_per_inference_j else None,
             "energy_source": m.energy_source if m else None,
             "throughput_per_s": m.throughput_per_s.mean if m else None,
@@ -101,6 +118,8 @@ def trials_frame(results: list[TrialResult], constraints: Constraints, baseline:
             "concurrency": m.load.get("concurrency") if m else None,
             "failure_rate": m.failure_rate if m else None,
             "stable": m.stable if m else None,
+            "repeats": m.repeats if m else None,
+            "energy_accounting": m.energy_accounting if m else None,
             "pareto": r.number in front,
             "failure_reason": r.failure_reason,
         })

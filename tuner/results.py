@@ -12,6 +12,12 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
+# Two-sided 95% Student's t quantiles by degrees of freedom (above 30: 1.96).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+for _df in range(11, 31):
+    T95.setdefault(_df, T95[max(k for k in T95 if k <= _df)])
+
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
 
@@ -80,6 +86,30 @@ class Spread:
         """sd / mean (0 when the mean is 0)."""
         return self.sd / self.mean if self.mean else 0.0
 
+    @property
+    def ci95(self) -> float:
+        """Half-width of the 95% confidence interval of the mean (Student's t; nan below 2 values)."""
+        if self.n < 2 or not math.isfinite(self.sd):
+            return math.nan
+        t = T95.get(self.n - 1, 1.96)
+        return t * self.sd / math.sqrt(self.n)
+
+    def interval(self) -> tuple[float, float]:
+        """(low, high) of the 95% confidence interval; the mean alone when it cannot be computed."""
+        half = self.ci95
+        half = 0.0 if not math.isfinite(half) else half
+        return self.mean - half, self.mean + half
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Spread:
+        """Inverse of to_dict()."""
+        return cls(float(data["mean"]) if data["mean"] is not None else math.nan,
+                   float(data["sd"]) if data["sd"] is not None else math.nan, int(data["n"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """mean, sd, n and the 95% CI half-width."""
+        return {"mean": self.mean, "sd": self.sd, "n": self.n, "ci95": self.ci95}
+
 
 @dataclass(frozen=True)
 class Window:
@@ -118,6 +148,12 @@ class Measurement:
     stable: bool
     windows: tuple[Window, ...] = ()
     error_samples: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    idle_power_w: float | None = None
+    energy_accounting: str = "total"
+    repeats: int = 1
+    total_energy_j: float | None = None  # before idle is subtracted (equals energy_j with 'total' accounting)
+    energy_details: dict[str, Any] = field(default_factory=dict)  # per meter: method, TDP basis, cross-checks
 
     @property
     def failure_rate(self) -> float:
@@ -136,6 +172,8 @@ class Measurement:
         """JSON-able dict."""
         data = dataclasses.asdict(self)
         data["config"] = self.config.knobs()
+        for name in ("throughput_per_s", "p99_ms", "inferences_per_j"):
+            data[name] = getattr(self, name).to_dict()
         data["failure_rate"] = self.failure_rate
         data["energy_per_inference_j"] = self.energy_per_inference_j
         return data
@@ -146,9 +184,10 @@ class Measurement:
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
         values["config"] = TrialConfig.from_knobs(data["config"])
         for name in ("throughput_per_s", "p99_ms", "inferences_per_j"):
-            values[name] = Spread(**data[name])
+            values[name] = Spread.from_dict(data[name])
         values["windows"] = tuple(Window(**w) for w in data.get("windows", ()))
         values["error_samples"] = tuple(data.get("error_samples", ()))
+        values["warnings"] = tuple(data.get("warnings", ()))
         return cls(**values)
 
 

@@ -18,13 +18,23 @@ from tuner.errors import (
     BadInput,
     GreentuneError,
     LoadGenerationError,
+    MeterUnavailable,
     ModelLoadError,
     ServerDied,
     ServerError,
     StorageError,
 )
 from tuner.load import LoadSpec
-from tuner.measure import InputSource, MeasureSettings, Progress, measure_auto_concurrency, measure_trial
+from tuner.measure import (
+    InputSource,
+    MeasureSettings,
+    Progress,
+    load_trial,
+    measure_auto_concurrency,
+    measure_idle,
+    measure_trial,
+    pool_measurements,
+)
 from tuner.meters.select import select_meters
 from tuner.model_config import ModelConfig, apply_trial, trial_of
 from tuner.objective import Constraints, best_trial, score, violations
@@ -48,8 +58,12 @@ class SearchSettings:
     seed: int = 0
     storage: str | None = None
     resume: bool = False
+    repeats: int = 1
+    top_k: int = 3
 
     def __post_init__(self) -> None:
+        if not 1 <= self.repeats <= 20:
+            raise BadInput(f"--repeats: expected 1 to 20, got {self.repeats}")
         if not 1 <= self.trials <= 10_000:
             raise BadInput(f"--trials: expected 1 to 10000, got {self.trials}")
         if self.sampler not in SAMPLERS:
@@ -84,6 +98,8 @@ class SearchOutcome:
     study_name: str
     duplicates: int = 0
     server_restarts: int = 0
+    idle_power_w: dict[str, float] = field(default_factory=dict)
+    repeated: list[int] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     meter_details: dict[str, Any] = field(default_factory=dict)
 
@@ -103,6 +119,7 @@ class SearchJob:
     output: Path
     energy_meter: str = "auto"
     cpu_tdp_watts: float | None = None
+    gpus: list[int] | None = None
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
@@ -118,6 +135,7 @@ class SearchJob:
             "constraints": self.constraints.to_dict(),
             "space": self.space.source,
             "energy_meter": self.energy_meter,
+            "energy_accounting": self.measure.energy_accounting,
             "window_s": self.measure.window_s,
         }
 
@@ -239,8 +257,9 @@ class Search:
         while True:
             try:
                 with self._server() as server:
-                    meters = select_meters(server, job.energy_meter, job.cpu_tdp_watts)
+                    meters = select_meters(server, job.energy_meter, job.cpu_tdp_watts, job.gpus)
                     outcome.meter_details = {m.name: _meter_details(m) for m in meters}
+                    self._measure_idle(server, meters, outcome)
                     if not outcome.environment:
                         from tuner.provenance import environment
                         from tuner.server import control
@@ -255,7 +274,7 @@ class Search:
                             break
                         trial = study.ask()
                         try:
-                            result, duplicate_of = self._run_trial(trial, server, meters, by_key)
+                            result, duplicate_of = self._run_trial(trial, server, meters, by_key, outcome)
                         except BaseException:
                             # Ctrl-C or a storage error mid-trial: leave nothing RUNNING, retry it on --resume.
                             with contextlib.suppress(Exception):
@@ -284,6 +303,8 @@ class Search:
                             self.on_result(outcome)
                         if result.failure_reason and "died" in result.failure_reason:
                             raise _Restart()
+                    if settings.repeats > 1:
+                        self._repeat_top(server, meters, outcome)
                     self._finish(outcome)
                     if after is not None:
                         after(server, outcome)
@@ -294,6 +315,44 @@ class Search:
                 if restarts > MAX_SERVER_RESTARTS:
                     raise ServerError(f"tritonserver died {restarts} times; stopping (see tritonserver.log)") from None
                 self._emit("server_restart", {"count": restarts})
+
+    def _idle_w(self, outcome: SearchOutcome) -> float | None:
+        return sum(outcome.idle_power_w.values()) if outcome.idle_power_w else None
+
+    def _measure_idle(self, server: Server, meters: list[Any], outcome: SearchOutcome) -> None:
+        """Idle power with the model's own config loaded and no load (once per server start)."""
+        if self.job.measure.idle_s <= 0 or not any(m.measures_energy for m in meters):
+            return
+        self._emit("idle", {"seconds": self.job.measure.idle_s})
+        try:
+            load_trial(server, self.job.model, self.job.base, trial_of(self.job.base), self.job.inputs)
+        except ModelLoadError as exc:
+            raise ModelLoadError(f"the model's own config does not load, so there is no baseline: {exc}") from None
+        outcome.idle_power_w = measure_idle(server, meters, self.job.measure.idle_s)
+
+    def _repeat_top(self, server: Server, meters: list[Any], outcome: SearchOutcome) -> None:
+        """--repeats N: measure the top-k feasible configs until each has N measurements; pool their windows."""
+        job = self.job
+        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -score(r.measurement))
+        for result in ranked[: self.settings.top_k]:
+            assert result.measurement is not None
+            runs = [result.measurement]
+            for _ in range(self.settings.repeats - result.measurement.repeats):
+                self._emit("repeat", {"number": result.number, "config": result.config.describe()})
+                try:
+                    runs.append(measure_trial(server, job.model, job.base, result.config, job.load or LoadSpec(
+                        concurrency=result.measurement.load.get("concurrency", 1)), job.inputs, meters, job.measure,
+                        self.progress, self._idle_w(outcome)))
+                except (ModelLoadError, LoadGenerationError, ServerError) as exc:
+                    self._emit("repeat_failed", {"number": result.number, "reason": str(exc).splitlines()[0]})
+                    break
+            pooled = pool_measurements(runs, job.measure)
+            index = outcome.results.index(result)
+            updated = TrialResult(result.number, result.config, pooled, result.failure_reason,
+                                  violations(pooled, job.constraints))
+            outcome.results[index] = updated
+            outcome.repeated.append(result.number)
+            write_json(job.output / "trials" / f"trial-{result.number:04d}.json", {"trial": updated.to_dict()})
 
     @contextlib.contextmanager
     def _server(self) -> Iterator[Server]:
@@ -320,7 +379,7 @@ class Search:
         return ""
 
     def _run_trial(self, trial: optuna.Trial, server: Server, meters: list[Any],
-                   by_key: dict[str, TrialResult]) -> tuple[TrialResult, int | None]:
+                   by_key: dict[str, TrialResult], outcome: SearchOutcome) -> tuple[TrialResult, int | None]:
         job = self.job
         is_baseline = bool(trial.user_attrs.get("baseline"))
         sampled = self.space.sample(trial)
@@ -340,14 +399,17 @@ class Search:
             if job.load is None:
                 assert job.constraints.max_p99_ms is not None
                 measurement = measure_auto_concurrency(server, job.model, job.base, config, job.constraints.max_p99_ms,
-                                                       job.inputs, meters, job.measure, progress=self.progress)
+                                                       job.inputs, meters, job.measure, progress=self.progress,
+                                                       idle_power_w=self._idle_w(outcome))
             else:
                 measurement = measure_trial(server, job.model, job.base, config, job.load, job.inputs, meters,
-                                            job.measure, self.progress)
+                                            job.measure, self.progress, self._idle_w(outcome))
         except ServerDied as exc:
             reason = f"server died: {str(exc).splitlines()[0]}"
         except (ModelLoadError, LoadGenerationError) as exc:
             reason = str(exc)
+        except MeterUnavailable as exc:
+            reason = f"meter failed: {exc}"
         except ServerError as exc:
             if not server.is_alive():
                 reason = f"server died: {str(exc).splitlines()[0]}"

@@ -67,7 +67,7 @@ def test_cli_measure_prints_table_and_writes_json(tmp_path):
                       "-o", str(tmp_path), *FAST_FLAGS])
     assert result.returncode == 0, result.stderr
     for text in ("throughput", "infer/s", "p99", "ms", "inferences per joule", "infer/J", "estimated",
-                 "server memory", "MB", "(sd, n=3)"):
+                 "server memory", "MB", "(95% CI, n=3)", "idle power", " W"):
         assert text in result.stdout
     document = json.loads((tmp_path / "measurement.json").read_text())
     assert document["schema_version"] == 1

@@ -114,3 +114,18 @@ def test_sigint_mid_search_then_resume_reaches_same_count(tmp_path):
     assert len(trials) == 3
     knobs = trials[["instance_count", "max_batch_size", "dynamic_batching", "max_queue_delay_microseconds"]]
     assert not knobs.astype(str).duplicated().any()
+
+
+def test_repeats_idle_baseline_and_dynamic_accounting(tmp_path):
+    result = run_cli([*SEARCH, "--trials", "2", "--repeats", "2", "--energy-accounting", "dynamic",
+                      "--idle-seconds", "1", "-o", str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["idle_power_total_w"] > 0 and summary["energy_accounting"] == "dynamic"
+    assert sorted(summary["repeated_trials"]) == [0, 1]
+    best = summary["best"]["measurement"]
+    assert best["repeats"] == 2 and best["inferences_per_j"]["n"] == 6  # 3 windows x 2 runs pooled
+    assert best["total_energy_j"] > best["energy_j"]  # idle was subtracted from the objective's joules
+    saved = summary["savings_vs_baseline"]
+    assert saved["total_energy_per_inference_j_chosen"] > saved["energy_per_inference_j_chosen"]
+    assert isinstance(summary["ties_with_best"], list)

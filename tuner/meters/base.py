@@ -32,6 +32,8 @@ class Meter(Protocol):
 
     name: str
     measures_energy: bool
+    min_window_s: float  # shorter windows are lengthened to this (sensor limits)
+    preferred_window_s: float  # the default window when this meter is in use
 
     def begin(self) -> None:
         """Open a measurement window."""

@@ -54,6 +54,8 @@ class EstimateMeter:
 
     name = "estimate"
     measures_energy = True
+    min_window_s = 0.0
+    preferred_window_s = 2.0
 
     def __init__(
         self, pid: int, cpu_tdp_watts: float | None = None, idle_fraction: float = IDLE_FRACTION_OF_TDP

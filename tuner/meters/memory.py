@@ -28,6 +28,8 @@ class MemoryMeter:
 
     name = "memory"
     measures_energy = False
+    min_window_s = 0.0
+    preferred_window_s = 2.0
 
     def __init__(self, pid: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         self.pid = pid

@@ -173,12 +173,17 @@ class NvmlMeter:
                         counter_j = (end_counter - gpu.start_counter_mj) / 1000.0
                 except self.nvml.NVMLError as exc:
                     gpu.error = f"GPU {gpu.index}: NVML error reading the energy counter: {exc}"
+            powers = [w for _, a, i in gpu.samples if (w := i if i is not None else a) is not None]
             if counter_j is not None:
                 joules, method = counter_j, "energy counter"
+            elif gpu.error and powers:
+                # The driver failed mid-window: the samples before the failure give the window's mean power.
+                joules = sum(powers) / len(powers) * duration
+                method = "mean sampled power x window (NVML failed mid-window)"
+                warnings.append(f"{gpu.error}; energy for this window is the mean of {len(powers)} power samples "
+                                "taken before it, times the window")
             elif sampled_j is not None:
-                joules, method = sampled_j, "integrated power samples"
-                if gpu.error:
-                    warnings.append(f"{gpu.error}; fell back to integrating the power samples taken before it")
+                joules, method = sampled_j, "integrated power samples (energy counter unsupported)"
             else:
                 raise MeterUnavailable(gpu.error or f"GPU {gpu.index}: NVML gave neither an energy counter nor power")
             disagreement = None

@@ -30,11 +30,13 @@ class LocalLauncher:
         ready_timeout_s: float = 120.0,
         extra_args: tuple[str, ...] = (),
         install: TritonInstall | None = None,
+        gpus: list[int] | None = None,
     ) -> None:
         self.tritonserver = tritonserver
         self.ready_timeout_s = ready_timeout_s
         self.extra_args = extra_args
         self._install = install
+        self.gpus = gpus
 
     def install(self) -> TritonInstall:
         """The binary this launcher will run (found once)."""
@@ -68,6 +70,8 @@ class LocalLauncher:
         if install.backend_directory is not None:
             cmd.append(f"--backend-directory={install.backend_directory}")
         env = {**os.environ, **install.env}
+        if self.gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.gpus)
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
