@@ -108,11 +108,19 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model-repository", "-r", required=True, type=click.Path(path_type=Path),
                      help="Triton model repository (folder of model folders)."),
         click.option("--model", "-m", required=True, help="Name of the model to tune (a folder in the repository)."),
-        click.option("--launcher", type=click.Choice(["local", "remote"]), default="local", show_default=True,
-                     help="local: start tritonserver here; remote: use the server at --url."),
+        click.option("--launcher", type=click.Choice(["local", "docker", "remote"]), default="local",
+                     show_default=True,
+                     help="local: start tritonserver here; docker: run it in a container; remote: use --url."),
         click.option("--tritonserver", type=click.Path(path_type=Path), default=None,
                      help="tritonserver binary (default: on PATH, else the embedded nvidia-pytriton build)."),
         click.option("--url", default=None, help="HTTP address of a running server for --launcher remote."),
+        click.option("--image", default=None,
+                     help="Triton image for --launcher docker (default: NVIDIA's tritonserver image)."),
+        click.option("--docker-host", default=None,
+                     help="Docker Engine API, e.g. unix:///run/podman.sock (default: DOCKER_HOST or the default socket)."),
+        click.option("--shm-size", default="1g", show_default=True, help="Container shared memory (docker)."),
+        click.option("--network", type=click.Choice(["host", "bridge"]), default="host", show_default=True,
+                     help="Container networking (docker): host, or bridge with ports published on 127.0.0.1."),
         click.option("--ready-timeout", type=float, default=120.0, show_default=True,
                      help="Seconds to wait for the server to become ready."),
     ]
@@ -143,8 +151,9 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--energy-meter", type=click.Choice(["auto", "nvml", "rapl", "estimate"]), default="auto",
                      show_default=True,
                      help="auto: NVML for the server's GPUs plus RAPL (else the estimate) for the host CPU."),
-        click.option("--gpus", default=None, metavar="0,1",
-                     help="GPUs the server may use and that are metered (default: all NVML sees)."),
+        click.option("--gpus", default=None, metavar="all|0,1",
+                     help="GPUs the server may use and that are metered (default: all NVML sees; docker: none "
+                          "unless given)."),
         click.option("--cpu-tdp-watts", type=float, default=None,
                      help="CPU TDP for the estimate meter (default: table or 10 W per logical core)."),
         click.option("--energy-accounting", type=click.Choice(["total", "dynamic"]), default="total",
@@ -157,11 +166,24 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, ready_timeout: float,
-                   gpus: list[int] | None = None) -> Any:
-    """The launcher the flags ask for."""
+def build_launcher(flags: dict[str, Any], pull_progress: Any = None) -> Any:
+    """The launcher the flags ask for; flags that do not apply to it are an error, not silently ignored."""
     from tuner.errors import BadInput
-    from tuner.server import LocalLauncher, RemoteLauncher
+    from tuner.server import DockerLauncher, LocalLauncher, RemoteLauncher
+    from tuner.server.docker import DEFAULT_IMAGE
+
+    launcher, tritonserver, url = flags["launcher"], flags["tritonserver"], flags["url"]
+    ready_timeout, gpus = flags["ready_timeout"], parse_gpus(flags["gpus"])
+    if launcher != "docker":
+        for flag, value in (("--image", flags["image"]), ("--docker-host", flags["docker_host"])):
+            if value is not None:
+                raise BadInput(f"{flag} is only used with --launcher docker")
+    if launcher == "docker":
+        if tritonserver is not None or url:
+            raise BadInput("--tritonserver and --url are not used with --launcher docker (give --image)")
+        return DockerLauncher(image=flags["image"] or DEFAULT_IMAGE, docker_host=flags["docker_host"],
+                              gpus=gpus, all_gpus=flags["gpus"] == "all", shm_size=flags["shm_size"],
+                              network=flags["network"], ready_timeout_s=ready_timeout, pull_progress=pull_progress)
 
     if launcher == "remote":
         if not url:
@@ -175,10 +197,10 @@ def build_launcher(launcher: str, tritonserver: Path | None, url: str | None, re
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
-    """--gpus 0,1 -> [0, 1]."""
+    """--gpus 0,1 -> [0, 1]; all (or none given) -> None, meaning every GPU."""
     from tuner.errors import BadInput
 
-    if text is None:
+    if text is None or text == "all":
         return None
     try:
         gpus = [int(part) for part in text.split(",")]
@@ -252,8 +274,8 @@ def measure(**flags: Any) -> None:
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     gpus = parse_gpus(flags["gpus"])
-    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"], gpus)
     with console.status("starting Triton…") as status:
+        launcher = build_launcher(flags, lambda event, data: status.update(_pull_text(data)))
         def progress(event: str, data: dict[str, Any]) -> None:
             if event == "window":
                 status.update(f"window {data['index']}/{data['max']}: {data['throughput_per_s']:.1f} infer/s, "
@@ -270,6 +292,12 @@ def measure(**flags: Any) -> None:
     if not measurement.stable:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
     console.print(f"wrote {path}", highlight=False)
+
+
+def _pull_text(data: dict[str, Any]) -> str:
+    detail = data.get("progressDetail") or {}
+    done = f" {detail['current'] / 1e6:.0f}/{detail['total'] / 1e6:.0f} MB" if detail.get("total") else ""
+    return f"pulling {data['image']}: {data.get('status') or ''} {data.get('id') or ''}{done}"
 
 
 def _load_text(load: Any) -> str:
@@ -317,12 +345,12 @@ def search(**flags: Any) -> None:
     from tuner.search_run import run_search_command
 
     job, settings = _search_job(flags)
-    launcher = build_launcher(flags["launcher"], flags["tritonserver"], flags["url"], flags["ready_timeout"], job.gpus)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     bar = Progress(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TextColumn("{task.description}"), console=console, transient=False)
     task = bar.add_task("starting Triton…", total=settings.trials)
+    launcher = build_launcher(flags, lambda event, data: bar.update(task, description=_pull_text(data)))
     state: dict[str, Any] = {"config": "", "best": "none yet"}
 
     def progress(event: str, data: dict[str, Any]) -> None:
@@ -386,16 +414,26 @@ def _search_job(flags: dict[str, Any]) -> Any:
 
 @cli.command()
 @click.option("--fetch", is_flag=True, help="Download the embedded Triton server (nvidia-pytriton) if missing.")
+@click.option("--cleanup", is_flag=True, help="Remove containers left by killed greentune runs (found by label).")
+@click.option("--docker-host", default=None, help="Docker Engine API for --cleanup (default: DOCKER_HOST).")
 @handle_errors
-def doctor(fetch: bool) -> None:
+def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
     """Show which launchers, meters, GPUs, Docker API and tritonserver binaries work here, and how to fix the rest.
 
     \b
     Example:
       greentune doctor --fetch
+      greentune doctor --cleanup --docker-host unix:///run/podman.sock
     """
     from tuner.doctor import run_checks
 
+    if cleanup:
+        from tuner.server.docker import docker_client, remove_leftovers
+
+        client = docker_client(docker_host)
+        removed = remove_leftovers(client)
+        client.close()
+        out.print(f"removed {len(removed)} leftover container(s){': ' + ', '.join(removed) if removed else ''}")
     table = Table(title="greentune doctor", header_style="bold")
     for column in ("area", "what", "status", "detail", "fix"):
         table.add_column(column, overflow="fold")

@@ -49,9 +49,9 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
 def _docker_check() -> Check:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
-        import docker
+        import docker.client
 
-        client = docker.DockerClient(base_url=host, timeout=3)
+        client = docker.client.DockerClient(base_url=host, timeout=3)
         version = client.version().get("Version", "?")
         client.close()
         return Check("launcher", "docker API", True, f"{host} (engine {version})")

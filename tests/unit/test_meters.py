@@ -11,7 +11,7 @@ import pytest
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, h100_trace
 from tuner.errors import BadInput, MeterUnavailable
 from tuner.meters import nvml as nvml_meter
-from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL
+from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL, ProcessTreeProbe
 from tuner.meters.nvml import NvmlMeter
 from tuner.meters.rapl import RaplMeter, delta_uj, find_domains
 from tuner.meters.select import select_meters
@@ -127,7 +127,8 @@ def test_rapl_unreadable_files_explain_the_fix(tmp_path, monkeypatch):
 
 
 def _server() -> Server:
-    return Server(grpc_url="127.0.0.1:1", http_url="http://127.0.0.1:0", metrics_url=None, pid=os.getpid())
+    return Server(grpc_url="127.0.0.1:1", http_url="http://127.0.0.1:0", metrics_url=None, pid=os.getpid(),
+                  probe=ProcessTreeProbe(os.getpid()))
 
 
 def test_auto_selection(tmp_path, monkeypatch):

@@ -7,9 +7,7 @@ import re
 import time
 from pathlib import Path
 
-import psutil
-
-from tuner.meters.base import SOURCE_ESTIMATED, Reading, process_tree
+from tuner.meters.base import SOURCE_ESTIMATED, Reading, ResourceProbe
 
 DEFAULT_WATTS_PER_CORE = 10.0
 IDLE_FRACTION_OF_TDP = 0.2
@@ -58,9 +56,9 @@ class EstimateMeter:
     preferred_window_s = 2.0
 
     def __init__(
-        self, pid: int, cpu_tdp_watts: float | None = None, idle_fraction: float = IDLE_FRACTION_OF_TDP
+        self, probe: ResourceProbe, cpu_tdp_watts: float | None = None, idle_fraction: float = IDLE_FRACTION_OF_TDP
     ) -> None:
-        self.pid = pid
+        self.probe = probe
         self.logical_cores = os.cpu_count() or 1
         self.cpu_model = cpu_model()
         if cpu_tdp_watts is not None:
@@ -68,35 +66,18 @@ class EstimateMeter:
         else:
             self.tdp_w, self.tdp_basis = default_tdp_w(self.cpu_model, self.logical_cores)
         self.idle_fraction = idle_fraction
-        self._start_cpu: dict[int, float] = {}
-        self._start_reaped = 0.0
+        self._start_cpu = 0.0
         self._start_wall = 0.0
-
-    def _cpu_times(self) -> tuple[dict[int, float], float]:
-        per_pid: dict[int, float] = {}
-        reaped = 0.0
-        for proc in process_tree(self.pid):
-            try:
-                times = proc.cpu_times()
-            except psutil.Error:
-                continue
-            per_pid[proc.pid] = times.user + times.system
-            if proc.pid == self.pid:
-                # CPU time of stubs that already exited and were reaped by the server.
-                reaped = times.children_user + times.children_system
-        return per_pid, reaped
 
     def begin(self) -> None:
         """Snapshot the tree's CPU time."""
-        self._start_cpu, self._start_reaped = self._cpu_times()
+        self._start_cpu = self.probe.cpu_seconds()
         self._start_wall = time.perf_counter()
 
     def end(self) -> Reading:
         """CPU seconds used since begin(), turned into estimated joules."""
-        end_cpu, end_reaped = self._cpu_times()
+        cpu_s = max(0.0, self.probe.cpu_seconds() - self._start_cpu)
         wall_s = time.perf_counter() - self._start_wall
-        cpu_s = sum(t - self._start_cpu.get(pid, 0.0) for pid, t in end_cpu.items())
-        cpu_s += max(0.0, end_reaped - self._start_reaped)
         joules = estimate_energy_j(cpu_s, wall_s, self.tdp_w, self.logical_cores, self.idle_fraction)
         return Reading(
             meter=self.name,

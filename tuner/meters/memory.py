@@ -5,34 +5,21 @@ from __future__ import annotations
 import threading
 import time
 
-import psutil
-
-from tuner.meters.base import SOURCE_RSS, Reading, process_tree
+from tuner.meters.base import Reading, ResourceProbe
 
 SAMPLE_INTERVAL_S = 0.2
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of the process and its descendants, in MB (10^6 bytes)."""
-    total = 0
-    for proc in process_tree(pid):
-        try:
-            total += proc.memory_info().rss
-        except psutil.Error:
-            continue
-    return total / 1e6
-
-
 class MemoryMeter:
-    """Peak RSS (MB) of the server tree over the window."""
+    """Peak memory (MB) of the server (process-tree RSS, or the container's usage) over the window."""
 
     name = "memory"
     measures_energy = False
     min_window_s = 0.0
     preferred_window_s = 2.0
 
-    def __init__(self, pid: int, interval_s: float = SAMPLE_INTERVAL_S) -> None:
-        self.pid = pid
+    def __init__(self, probe: ResourceProbe, interval_s: float = SAMPLE_INTERVAL_S) -> None:
+        self.probe = probe
         self.interval_s = interval_s
         self._peak_mb = 0.0
         self._stop = threading.Event()
@@ -41,13 +28,19 @@ class MemoryMeter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self._peak_mb = max(self._peak_mb, tree_rss_mb(self.pid))
+            self._peak_mb = max(self._peak_mb, self._read())
+
+    def _read(self) -> float:
+        try:
+            return self.probe.memory_mb()
+        except Exception:  # a probe that fails once (container stats hiccup) must not kill the window
+            return 0.0
 
     def begin(self) -> None:
         """Start sampling."""
         self.close()
         self._stop.clear()
-        self._peak_mb = tree_rss_mb(self.pid)
+        self._peak_mb = self._read()
         self._start = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="greentune-memory", daemon=True)
         self._thread.start()
@@ -55,9 +48,9 @@ class MemoryMeter:
     def end(self) -> Reading:
         """Stop sampling; the reading's memory_mb is the peak seen."""
         self.close()
-        self._peak_mb = max(self._peak_mb, tree_rss_mb(self.pid))
+        self._peak_mb = max(self._peak_mb, self._read())
         return Reading(
-            meter=self.name, source=SOURCE_RSS, duration_s=time.perf_counter() - self._start, memory_mb=self._peak_mb
+            meter=self.name, source=self.probe.memory_source, duration_s=time.perf_counter() - self._start, memory_mb=self._peak_mb
         )
 
     def close(self) -> None:

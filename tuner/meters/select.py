@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tuner.errors import BadInput, MeterUnavailable
 from tuner.meters import nvml as nvml_meter
-from tuner.meters.base import Meter, process_tree
+from tuner.meters.base import Meter
 from tuner.meters.estimate import EstimateMeter
 from tuner.meters.memory import MemoryMeter
 from tuner.meters.rapl import POWERCAP_ROOT, RaplMeter
@@ -31,19 +31,17 @@ def select_meters(
         raise BadInput(f"--energy-meter {energy_meter}: expected one of {', '.join(ENERGY_METERS)}")
     if cpu_tdp_watts is not None and not cpu_tdp_watts > 0:
         raise BadInput(f"--cpu-tdp-watts: expected a positive number of watts, got {cpu_tdp_watts}")
-    local = server.pid is not None
-    pid = server.pid
+    probe = server.probe
+    local = probe is not None
     meters: list[Meter] = []
-
-    def server_pids() -> set[int]:
-        return {p.pid for p in process_tree(pid)} if pid is not None else set()
 
     if energy_meter in ("auto", "nvml"):
         try:
             count = nvml_meter.gpu_count() if energy_meter == "auto" else nvml_meter.nvml_module().nvmlDeviceGetCount()
             indices = gpus if gpus is not None else list(range(count))
             if indices and (local or energy_meter == "nvml"):
-                meters.append(nvml_meter.NvmlMeter(indices, server_pids if local else None, server.metrics_url))
+                meters.append(nvml_meter.NvmlMeter(indices, probe.pids if probe is not None else None,
+                                                   server.metrics_url))
             elif energy_meter == "nvml":
                 raise MeterUnavailable("--energy-meter nvml: NVML sees no GPU on this machine")
         except MeterUnavailable:
@@ -56,12 +54,12 @@ def select_meters(
             if energy_meter == "rapl":
                 raise
     if energy_meter == "estimate" or (energy_meter == "auto" and local and not any(m.name == "rapl" for m in meters)):
-        if pid is None:
+        if probe is None:
             raise MeterUnavailable(
                 f"--energy-meter {energy_meter}: the estimate needs the server's process on this machine; "
                 "a remote server can be metered with --energy-meter nvml or rapl when it runs on this host"
             )
-        meters.append(EstimateMeter(pid, cpu_tdp_watts))
-    if pid is not None:
-        meters.append(MemoryMeter(pid))
+        meters.append(EstimateMeter(probe, cpu_tdp_watts))
+    if probe is not None:
+        meters.append(MemoryMeter(probe))
     return meters

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from tuner.server.base import Server, ServerLauncher
+from tuner.server.docker import DockerLauncher
 from tuner.server.local import LocalLauncher
 from tuner.server.remote import RemoteLauncher
 
-LAUNCHERS: dict[str, type] = {"local": LocalLauncher, "remote": RemoteLauncher}
+LAUNCHERS: dict[str, type] = {"local": LocalLauncher, "docker": DockerLauncher, "remote": RemoteLauncher}
 
-__all__ = ["LAUNCHERS", "LocalLauncher", "RemoteLauncher", "Server", "ServerLauncher"]
+__all__ = ["LAUNCHERS", "DockerLauncher", "LocalLauncher", "RemoteLauncher", "Server", "ServerLauncher"]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -19,9 +20,14 @@ class Server:
     log_path: Path | None = None
     kind: str = "local"
     details: dict[str, str] = field(default_factory=dict)
+    probe: Any = None  # a meters.base.ResourceProbe where the server's CPU time and memory can be read
+    alive: Callable[[], bool] | None = None  # overrides the pid check (containers)
+    log_reader: Callable[[int], str] | None = None  # overrides reading log_path (containers)
 
     def is_alive(self) -> bool:
         """True while the server process runs (always True for a server we did not start)."""
+        if self.alive is not None:
+            return self.alive()
         if self.pid is None:
             return True
         import psutil
@@ -34,6 +40,8 @@ class Server:
 
     def log_tail(self, lines: int = 8) -> str:
         """The last lines of the server's log, for error messages."""
+        if self.log_reader is not None:
+            return self.log_reader(lines)
         if self.log_path is None or not self.log_path.exists():
             return ""
         text = self.log_path.read_text(errors="replace").splitlines()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuner.errors import ServerStartError
+from tuner.meters.base import ProcessTreeProbe
 from tuner.server.base import Server
 from tuner.server.embedded import TritonInstall, find_triton
 from tuner.server.process import free_ports, reap_leftover, stop_group, write_pid_file
@@ -85,6 +86,7 @@ class LocalLauncher:
             log_path=log_path,
             kind="local",
             details={"binary": str(install.binary), "source": install.source},
+            probe=ProcessTreeProbe(proc.pid),
         )
         try:
             wait_ready(server, self.ready_timeout_s, proc)

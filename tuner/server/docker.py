@@ -1,0 +1,266 @@
+"""Launch Triton in a container through the Docker Engine API (Docker or Podman's compatible socket)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import BadInput, ServerStartError
+from tuner.server.base import Server
+from tuner.server.local import wait_ready
+from tuner.server.process import free_ports, port_in_use
+
+# NVIDIA's Triton image; the one place the default release is named.
+DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+LABEL_RUN = "greentune.run"
+LABEL_OUTPUT = "greentune.output"
+LABEL_OWNER = "greentune.owner_pid"
+CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+PullProgress = Any  # callable(event: str, data: dict) -> None
+
+
+def docker_client(docker_host: str | None = None) -> Any:
+    """A Docker SDK client for --docker-host, else DOCKER_HOST, else the default socket; BadInput when unreachable."""
+    import docker.client
+    import docker.errors
+
+    host = docker_host or os.environ.get("DOCKER_HOST")
+    try:
+        client = docker.client.DockerClient(base_url=host, timeout=60) if host else docker.client.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as exc:
+        where = host or "the default socket (unix:///var/run/docker.sock)"
+        raise BadInput(
+            f"--docker-host: no Docker Engine API at {where} ({_first_line(exc)}); start Docker, or start "
+            "`podman system service --time=0 unix:///PATH.sock` and pass --docker-host unix:///PATH.sock"
+        ) from None
+    return client
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+class ContainerProbe:
+    """CPU time and memory of a container, from the Engine API's stats."""
+
+    memory_source = "container memory (Docker stats)"
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+
+    def _stats(self) -> dict[str, Any]:
+        return dict(self.container.stats(stream=False))
+
+    def cpu_seconds(self) -> float:
+        """Cumulative CPU seconds of every process in the container."""
+        return float(self._stats().get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)) / 1e9
+
+    def memory_mb(self) -> float:
+        """The container's memory usage in MB."""
+        return float(self._stats().get("memory_stats", {}).get("usage", 0)) / 1e6
+
+    def pids(self) -> set[int]:
+        """Host pids are not visible through the API."""
+        return set()
+
+
+class DockerLauncher:
+    """Runs Triton in a container: model repository read-only, explicit model control, labelled, always removed."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        image: str = DEFAULT_IMAGE,
+        docker_host: str | None = None,
+        gpus: list[int] | None = None,
+        all_gpus: bool = False,
+        shm_size: str = "1g",
+        network: str = "host",
+        ready_timeout_s: float = 180.0,
+        pull_progress: PullProgress | None = None,
+    ) -> None:
+        if network not in ("host", "bridge"):
+            raise BadInput(f"--network {network}: expected host or bridge (published ports)")
+        self.image = image
+        self.docker_host = docker_host
+        self.gpus = gpus
+        self.all_gpus = all_gpus
+        self.shm_size = shm_size
+        self.network = network
+        self.ready_timeout_s = ready_timeout_s
+        self.pull_progress = pull_progress
+
+    def ensure_image(self, client: Any) -> None:
+        """Pull the image when it is not present, reporting progress; BadInput naming the image when it fails."""
+        import docker.errors
+
+        try:
+            client.images.get(self.image)
+            return
+        except docker.errors.ImageNotFound:
+            pass
+        except docker.errors.APIError as exc:
+            raise ServerStartError(f"cannot inspect image {self.image}: {_first_line(exc)}") from None
+        repository, _, tag = self.image.rpartition(":") if ":" in self.image.split("/")[-1] else (self.image, "", "latest")
+        registry = self.image.split("/")[0] if "." in self.image.split("/")[0] else "docker.io"
+        try:
+            for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise docker.errors.APIError(event["error"])
+                if self.pull_progress is not None:
+                    self.pull_progress("pull", {"image": self.image, **{k: event.get(k) for k in ("status", "id",
+                                                                                                   "progressDetail")}})
+        except docker.errors.DockerException as exc:
+            raise BadInput(
+                f"--image {self.image}: not present locally and the pull failed ({_first_line(exc)}); "
+                f"check the name, or log in first: docker login {registry}"
+            ) from None
+
+    @contextlib.contextmanager
+    def start(self, model_repository: Path, output_dir: Path) -> Iterator[Server]:
+        """Run the container, wait until Triton is ready, yield it; save its log and remove it on any exit."""
+        import docker.errors
+        import docker.types
+
+        client = docker_client(self.docker_host)
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(client, output_dir)
+        self.ensure_image(client)
+        run_id = uuid.uuid4().hex[:12]
+        repo = Path(model_repository).resolve()
+        command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0"]
+        kwargs: dict[str, Any] = {
+            "detach": True,
+            "name": f"greentune-{run_id}",
+            "labels": {LABEL_RUN: run_id, LABEL_OUTPUT: str(output_dir.resolve()), LABEL_OWNER: str(os.getpid())},
+            "volumes": {str(repo): {"bind": "/models", "mode": "ro"}},
+            "shm_size": self.shm_size,
+        }
+        if self.network == "host":
+            ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
+            command += [f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}",
+                        f"--metrics-port={ports['metrics']}", "--http-address=127.0.0.1",
+                        "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+            kwargs["network_mode"] = "host"
+        else:
+            ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
+            kwargs["ports"] = {f"{CONTAINER_PORTS[k]}/tcp": ("127.0.0.1", ports[k]) for k in CONTAINER_PORTS}
+        for name, port in ports.items():
+            if port_in_use(port):
+                raise ServerStartError(f"port {port} for Triton's {name} endpoint is already in use; retry")
+        if self.all_gpus or self.gpus:
+            request = (docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]]) if self.all_gpus else
+                       docker.types.DeviceRequest(device_ids=[str(g) for g in self.gpus or []], capabilities=[["gpu"]]))
+            kwargs["device_requests"] = [request]
+        log_path = output_dir / "tritonserver.log"
+        try:
+            container = client.containers.run(self.image, command, **kwargs)
+        except docker.errors.APIError as exc:
+            _remove_by_label(client, run_id)
+            raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
+        try:
+            server = self._server(container, ports, log_path)
+            _wait_container_ready(server, container, self.ready_timeout_s)
+            yield server
+        finally:
+            _save_log(container, log_path)
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+            _remove_by_label(client, run_id)
+            client.close()
+
+    def _server(self, container: Any, ports: dict[str, int], log_path: Path) -> Server:
+        def alive() -> bool:
+            import docker.errors
+
+            try:
+                container.reload()
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.DockerException:
+                return True  # the API hiccuped; the trial will show it if the server is really gone
+            return bool(container.status == "running")
+
+        def logs(lines: int) -> str:
+            try:
+                return str(container.logs(tail=lines).decode(errors="replace")).strip()
+            except Exception:
+                return ""
+
+        return Server(
+            grpc_url=f"127.0.0.1:{ports['grpc']}",
+            http_url=f"http://127.0.0.1:{ports['http']}",
+            metrics_url=f"http://127.0.0.1:{ports['metrics']}/metrics",
+            pid=None,
+            log_path=log_path,
+            kind="docker",
+            details={"image": self.image, "container": container.name, "source": f"docker image {self.image}"},
+            probe=ContainerProbe(container),
+            alive=alive,
+            log_reader=logs,
+        )
+
+
+def _wait_container_ready(server: Server, container: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not server.is_alive():
+            raise ServerStartError(f"the Triton container exited during start; its last log lines:\n{server.log_tail(10)}")
+        try:
+            wait_ready(server, 1.0)
+            return
+        except ServerStartError:
+            continue
+    raise ServerStartError(f"Triton in the container was not ready after {timeout_s:.0f} s; last log lines:\n"
+                           f"{server.log_tail(10)}")
+
+
+def _save_log(container: Any, path: Path) -> None:
+    try:
+        path.write_bytes(container.logs())
+    except Exception:
+        pass
+
+
+def _remove_by_label(client: Any, run_id: str) -> None:
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.DockerException):
+        for container in client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}):
+            container.remove(force=True)
+
+
+def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
+    """Remove containers left by killed greentune runs (for output_dir, or all when None) whose owner is gone."""
+    import docker.errors
+    import psutil
+
+    removed: list[str] = []
+    filters = {"label": LABEL_RUN}
+    try:
+        containers = client.containers.list(all=True, filters=filters)
+    except docker.errors.DockerException:
+        return removed
+    for container in containers:
+        labels = container.labels or {}
+        if output_dir is not None and labels.get(LABEL_OUTPUT) != str(Path(output_dir).resolve()):
+            continue
+        owner = int(labels.get(LABEL_OWNER, "0") or 0)
+        if owner and owner != os.getpid() and psutil.pid_exists(owner):
+            continue  # a live greentune still uses it
+        with contextlib.suppress(docker.errors.DockerException):
+            container.remove(force=True)
+            removed.append(container.name)
+    return removed
+
+
