@@ -443,6 +443,48 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
     out.print(table)
 
 
+@cli.command()
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@handle_errors
+def report(output_dir: Path) -> None:
+    """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs).
+
+    \b
+    Example:
+      greentune report out/
+    """
+    from tuner.report import write_reports
+
+    for path in write_reports(str(output_dir)):
+        out.print(f"wrote {path}", highlight=False)
+
+
+@cli.command()
+@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.option("--trial", "trial_number", type=int, required=True, help="Trial number (see trials.csv or the report).")
+@click.option("--to", "destination", type=click.Path(path_type=Path), default=None,
+              help="Where to write (default: OUTPUT_DIR/<model>/trial-N/config.pbtxt).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Load the config into a local Triton server and run a smoke inference before writing.")
+@click.option("--tritonserver", type=click.Path(path_type=Path), default=None, help="tritonserver binary for --verify.")
+@handle_errors
+def export(output_dir: Path, trial_number: int, destination: Path | None, verify: bool,
+           tritonserver: Path | None) -> None:
+    """Write any trial's config.pbtxt (for a Pareto point other than the chosen one).
+
+    \b
+    Example:
+      greentune export out/ --trial 7 --to deploy/mlp/config.pbtxt
+    """
+    from tuner.export import export_trial
+    from tuner.server import LocalLauncher
+
+    launcher = LocalLauncher(tritonserver) if verify else None
+    with console.status(f"exporting trial {trial_number}…"):
+        path = export_trial(output_dir, trial_number, destination, launcher)
+    out.print(f"wrote {path}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
+
+
 def trial_line(result: Any) -> str:
     """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
     head = f"trial {result.number:>3} "
@@ -474,7 +516,8 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
                   f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
                   f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%",
                   highlight=False)
-    out.print(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}", highlight=False)
+    out.print(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}, "
+              f"{job.output / 'report.html'}, {job.output / 'report.md'}", highlight=False)
 
 
 def _no_feasible_message(outcome: Any, job: Any) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuner.model_config import to_text
 from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score, ties_with
 from tuner.results import TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
@@ -59,6 +60,9 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
     sources = sorted({r.measurement.energy_source for r in outcome.results if r.measurement})
     return {
         "model": job.model,
+        "model_repository": str(Path(job.model_repository).resolve()),
+        "model_config_pbtxt": to_text(job.base),
+        "input_shapes": {k: list(v) for k, v in job.inputs.shapes.items()},
         "status": "feasible" if outcome.best else "no_feasible_config",
         "stop_reason": outcome.stop_reason,
         "objective": "maximize inferences per joule (mean over stable windows)",

@@ -8,6 +8,7 @@ from typing import Any
 from tuner.export import export_config
 from tuner.measure import Progress
 from tuner.outputs import write_outputs
+from tuner.report import write_reports
 from tuner.server.base import Server
 from tuner.study import Search, SearchJob, SearchOutcome, SearchSettings
 
@@ -26,4 +27,5 @@ def run_search_command(job: SearchJob, settings: SearchSettings, launcher: Any,
     outcome = search.run(after=after)
     path = exported[0] if exported else None
     write_outputs(job, outcome, path)
+    write_reports(str(job.output))
     return outcome, path

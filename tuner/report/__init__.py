@@ -1,0 +1,15 @@
+"""Reports re-rendered from saved artifacts (summary.json, trial records, the study): they never measure."""
+
+from tuner.report.data import ReportData, load_report_data
+from tuner.report.html import write_html_report
+from tuner.report.markdown import write_markdown_report
+
+__all__ = ["ReportData", "load_report_data", "write_html_report", "write_markdown_report", "write_reports"]
+
+
+def write_reports(output_dir: str) -> list[str]:
+    """Write report.html, report.md and pareto.png into output_dir from what it holds; returns the paths."""
+    from pathlib import Path
+
+    data = load_report_data(Path(output_dir))
+    return [str(write_html_report(data)), *map(str, write_markdown_report(data))]

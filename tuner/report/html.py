@@ -1,0 +1,159 @@
+"""report.html: a self-contained page (plotly's JavaScript embedded) that opens offline."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner.objective import score
+from tuner.report import plots
+from tuner.report.data import ReportData, energy_per_inference_mj, headline
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1200px;margin:0 auto;padding:24px}
+h1{font-size:1.6em;margin:0 0 8px} h2{margin-top:36px;border-bottom:1px solid #ddd;padding-bottom:4px}
+.headline{background:#fff;border-left:6px solid #1b7837;padding:16px 20px;box-shadow:0 1px 3px #0002}
+.headline.none{border-left-color:#d73027} .headline p{margin:6px 0;font-size:1.05em}
+.tie{color:#b35806;font-weight:600}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:16px} .card{background:#fff;box-shadow:0 1px 3px #0002;padding:8px}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:.85em}
+th,td{border:1px solid #ddd;padding:4px 6px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0;cursor:pointer;position:sticky;top:0} td.text{text-align:left;white-space:normal}
+tr.feasible td:first-child{border-left:4px solid #1b7837} tr.infeasible td:first-child{border-left:4px solid #b35806}
+tr.failed td:first-child{border-left:4px solid #777} tr.chosen{background:#fde0ef}
+.scroll{max-height:600px;overflow:auto} dl{display:grid;grid-template-columns:220px 1fr;gap:4px 12px}
+dt{font-weight:600} dd{margin:0;word-break:break-all} .muted{color:#666;font-size:.9em}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function(th, col){
+  th.addEventListener('click', function(){
+    var table = th.closest('table'), body = table.tBodies[0];
+    var rows = Array.from(body.rows), asc = th.dataset.dir !== 'asc';
+    rows.sort(function(a, b){
+      var x = a.cells[col].dataset.v ?? a.cells[col].textContent, y = b.cells[col].dataset.v ?? b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : String(x).localeCompare(String(y));
+      return asc ? c : -c;
+    });
+    th.dataset.dir = asc ? 'asc' : 'desc';
+    rows.forEach(function(r){ body.appendChild(r); });
+  });
+});
+"""
+
+
+def _cell(value: Any, digits: int = 2, text: bool = False) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return '<td data-v="">–</td>'
+    if isinstance(value, float):
+        return f'<td data-v="{value}">{value:.{digits}f}</td>'
+    cls = ' class="text"' if text else ""
+    return f"<td{cls}>{html.escape(str(value))}</td>"
+
+
+def trials_table(data: ReportData) -> str:
+    """A sortable table of every trial with knobs, measurements, sources and failure reasons."""
+    knobs = ["instance_count", "instance_kind", "max_batch_size", "dynamic_batching", "max_queue_delay_microseconds",
+             "preferred_batch_size"]
+    heads = ["trial", "status", "infer/J", "± 95% CI", "mJ / inference", "throughput (infer/s)", "p99 (ms)",
+             "p50 (ms)", "memory (MB)", *knobs, "energy source", "memory source", "concurrency", "failed req.",
+             "stable", "Pareto", "failure reason / constraint violations"]
+    pareto = set(data.pareto())
+    rows = []
+    for r in data.results:
+        m = r.measurement
+        status = data.status(r)
+        classes = [status] + (["chosen"] if r.number == data.best_number else [])
+        label = str(r.number) + (" (baseline)" if r.number == data.baseline_number else "") + (
+            " (chosen)" if r.number == data.best_number else "")
+        cells = [f'<td data-v="{r.number}">{html.escape(label)}</td>', _cell(status)]
+        values = r.config.knobs()
+        e = energy_per_inference_mj(r)
+        broken = ", ".join(f"{k} +{v:.0%}" for k, v in r.violations.items() if v > 0 and k != "failed")
+        cells += [
+            _cell(score(m) if m else None), _cell(m.inferences_per_j.ci95 if m else None),
+            _cell(e[0] if e else None, 3), _cell(m.throughput_per_s.mean if m else None, 1),
+            _cell(m.p99_ms.mean if m else None), _cell(m.p50_ms if m else None), _cell(m.memory_mb if m else None, 0),
+        ]
+        cells += [_cell(",".join(map(str, values[k])) if isinstance(values.get(k), list) else values.get(k))
+                  for k in knobs]
+        cells += [
+            _cell(m.energy_source if m else None, text=True),
+            _cell(m.memory_source if m else None, text=True), _cell(m.load.get("concurrency") if m else None),
+            _cell(m.failure_count if m else None), _cell(("yes" if m.stable else "no") if m else None),
+            _cell("yes" if r.number in pareto else ""), _cell(r.failure_reason or broken, text=True),
+        ]
+        rows.append(f'<tr class="{" ".join(classes)}">{"".join(cells)}</tr>')
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    return (f'<div class="scroll"><table class="sortable"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def provenance(data: ReportData) -> str:
+    """Where and how the numbers were made."""
+    s = data.summary
+    env = s.get("environment") or {}
+    items = {
+        "greentune": env.get("greentune"), "Triton server": env.get("triton_server"),
+        "Triton binary / image": env.get("triton_binary"), "CPU": f"{env.get('cpu_model')} ({env.get('logical_cores')} logical cores)",
+        "GPU / driver": ", ".join(v for k, v in env.items() if k.startswith("gpu")) or "none metered",
+        "energy sources": ", ".join(s.get("energy_sources") or []),
+        "meters": json.dumps(s.get("meters") or {}),
+        "idle power": (f"{s['idle_power_total_w']:.1f} W ({json.dumps(s.get('idle_power_w'))})"
+                       if s.get("idle_power_total_w") is not None else "not measured"),
+        "energy accounting": s.get("energy_accounting"),
+        "load": json.dumps(s.get("load")), "constraints": json.dumps(s.get("constraints")),
+        "search space": s.get("search_space"), "stop reason": s.get("stop_reason"),
+        "date": env.get("date"), "command line": env.get("command_line"),
+        "Python / Optuna / tritonclient": f"{env.get('python')} / {env.get('optuna')} / {env.get('tritonclient')}",
+        "OS": env.get("os"), "study": json.dumps(s.get("study")),
+    }
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
+    warnings = s.get("warnings") or []
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return f"<dl>{rows}</dl>" + (f"<h3>Measurement warnings</h3><ul>{warn}</ul>" if warn else "")
+
+
+def render_html(data: ReportData) -> str:
+    """The whole page."""
+    head = headline(data)
+    figures = [plots.pareto_figure(data), plots.throughput_figure(data), plots.progress_figure(data)]
+    importance = plots.importance_figure(data)
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+             for i, fig in enumerate(figures + ([importance] if importance else []))]
+    importance_html = parts[3] if importance else f'<p class="muted">Parameter importance: {html.escape(data.importance_note)}.</p>'
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in head.lines)
+    tie = ('<p class="tie">Within the measurement spread of the baseline: a tie, not a proven saving.</p>'
+           if head.tie else "")
+    ties = data.summary.get("ties_with_best") or []
+    tie_note = (f'<p class="muted">Trials statistically tied with the chosen one (95% CIs overlap): '
+                f'{", ".join(map(str, ties))}.</p>' if ties else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>greentune report: {html.escape(data.model)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
+<body><main>
+<h1>greentune report: {html.escape(data.model)}</h1>
+<p class="muted">{len(data.results)} configs measured · stop: {html.escape(str(data.summary.get('stop_reason')))} ·
+energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
+<section class="headline{'' if data.best_number is not None else ' none'}"><h2 style="border:0;margin:0 0 8px">{html.escape(head.title)}</h2>{lines}{tie}{tie_note}</section>
+<h2>Pareto front</h2>
+<div class="grid"><div class="card">{parts[0]}</div><div class="card">{parts[1]}</div></div>
+<h2>All trials</h2><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>
+{trials_table(data)}
+<h2>Search</h2><div class="grid"><div class="card">{parts[2]}</div><div class="card">{importance_html}</div></div>
+<h2>Provenance</h2>{provenance(data)}
+</main><script>{SORT_JS}</script></body></html>
+"""
+
+
+def write_html_report(data: ReportData) -> Path:
+    """Write OUTPUT/report.html atomically."""
+    path = data.output_dir / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text(render_html(data))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,75 @@
+"""report.md: a short summary for a pull-request comment, with pareto.png beside it."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+from tuner.model_config import ModelConfig, apply_trial, to_text
+from tuner.objective import score
+from tuner.report import plots
+from tuner.report.data import ReportData, energy_per_inference_mj, headline
+
+TOP_COUNT = 5
+
+
+def config_diff(data: ReportData) -> str | None:
+    """Unified diff of the chosen config.pbtxt against the model's own."""
+    text = data.summary.get("model_config_pbtxt")
+    best = data.result(data.best_number)
+    if not text or best is None:
+        return None
+    from google.protobuf import text_format
+
+    base = ModelConfig()
+    text_format.Parse(text, base)
+    chosen = apply_trial(base, best.config)
+    lines = difflib.unified_diff(to_text(base).splitlines(), to_text(chosen).splitlines(),
+                                 "baseline/config.pbtxt", f"chosen/config.pbtxt (trial {best.number})", lineterm="")
+    return "\n".join(lines)
+
+
+def render_markdown(data: ReportData, png_name: str | None) -> str:
+    """The Markdown body."""
+    head = headline(data)
+    out = [f"## greentune: {head.title}", ""]
+    out += [f"- {line}" for line in head.lines]
+    if head.tie:
+        out.append("- **Within the measurement spread of the baseline: a tie, not a proven saving.**")
+    out += ["", f"### Top configs ({len(data.ranked())} feasible of {len(data.results)} measured)", "",
+            "| trial | config | infer/J (95% CI) | mJ / inference | throughput (infer/s) | p99 (ms) | memory (MB) |",
+            "|---|---|---|---|---|---|---|"]
+    for r in data.ranked()[:TOP_COUNT]:
+        m = r.measurement
+        assert m is not None
+        e = energy_per_inference_mj(r)
+        marks = " (chosen)" if r.number == data.best_number else ""
+        marks += " (baseline)" if r.number == data.baseline_number else ""
+        ci = m.inferences_per_j.ci95
+        out.append(f"| {r.number}{marks} | {r.config.describe()} | {score(m):.2f} ± {ci if ci == ci else 0:.2f} | "
+                   f"{e[0] if e else float('nan'):.3f} | {m.throughput_per_s.mean:.0f} | {m.p99_ms.mean:.2f} | "
+                   f"{m.memory_mb or float('nan'):.0f} |")
+    sources = ", ".join(data.summary.get("energy_sources") or [])
+    out += ["", f"Energy source: {sources}. Memory: {_memory_source(data)}."]
+    diff = config_diff(data)
+    if diff:
+        out += ["", "### config.pbtxt change", "", "```diff", diff, "```"]
+    if png_name:
+        out += ["", f"![Pareto front: inferences per joule vs p99]({png_name})"]
+    out += ["", f"<sub>{data.summary.get('environment', {}).get('command_line', '')}</sub>", ""]
+    return "\n".join(out)
+
+
+def _memory_source(data: ReportData) -> str:
+    sources = {r.measurement.memory_source for r in data.results if r.measurement}
+    return ", ".join(sorted(sources)) or "not measured"
+
+
+def write_markdown_report(data: ReportData) -> list[Path]:
+    """Write OUTPUT/report.md and OUTPUT/pareto.png."""
+    png = plots.pareto_png(data, data.output_dir / "pareto.png") if data.results else None
+    path = data.output_dir / "report.md"
+    tmp = path.with_name(".report.md.tmp")
+    tmp.write_text(render_markdown(data, png.name if png else None))
+    tmp.replace(path)
+    return [path] + ([png] if png else [])
