@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -65,7 +66,7 @@ def test_every_command_is_documented_with_an_example():
         result = invoke([name, "--help"])
         assert result.exit_code == 0
         for param in command.params:
-            if isinstance(param, type(command.params[0])) and getattr(param, "help", None) is None and param.name != "help":
+            if isinstance(param, click.Option) and not param.help:
                 pytest.fail(f"{name} --{param.name} has no help")
 
 
