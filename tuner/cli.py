@@ -43,7 +43,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             console.print("[yellow]interrupted:[/] server stopped; rerun with --resume to continue", highlight=False)
             sys.exit(130)
         except OSError as exc:
-            console.print(f"[bold red]error:[/] {exc.filename or ''}: {exc.strerror}", highlight=False)
+            where = f"{exc.filename}: " if exc.filename else ""
+            console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False)
             sys.exit(EXIT_FAILURE)
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -123,6 +124,8 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Container networking (docker): host, or bridge with ports published on 127.0.0.1."),
         click.option("--ready-timeout", type=float, default=120.0, show_default=True,
                      help="Seconds to wait for the server to become ready."),
+        click.option("--ports", default=None, metavar="HTTP,GRPC,METRICS",
+                     help="Fixed ports for a local server (default: free ports picked per start)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -141,6 +144,8 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--input-data", type=click.Path(path_type=Path), default=None,
                      help="Real inputs in perf_analyzer's JSON format."),
         click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."),
+        click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
+                     help="A measurement with a larger fraction of failed requests fails (with counts)."),
         click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
         click.option("--window", type=float, default=None,
                      help="Seconds per measurement window (default 2; 10 with NVML, never below 5 with NVML)."),
@@ -193,7 +198,24 @@ def build_launcher(flags: dict[str, Any], pull_progress: Any = None) -> Any:
         return RemoteLauncher(url, ready_timeout_s=ready_timeout)
     if url:
         raise BadInput("--url is only used with --launcher remote")
-    return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout, gpus=gpus)
+    if flags.get("ports") and launcher != "local":
+        raise BadInput("--ports is only used with --launcher local")
+    return LocalLauncher(tritonserver, ready_timeout_s=ready_timeout, gpus=gpus, ports=parse_ports(flags.get("ports")))
+
+
+def parse_ports(text: str | None) -> tuple[int, int, int] | None:
+    """--ports 8000,8001,8002 -> (8000, 8001, 8002)."""
+    from tuner.errors import BadInput
+
+    if not text:
+        return None
+    try:
+        ports = tuple(int(p) for p in text.split(","))
+        if len(ports) != 3 or len(set(ports)) != 3 or not all(1024 <= p <= 65535 for p in ports):
+            raise ValueError
+    except ValueError:
+        raise BadInput(f"--ports {text}: expected three distinct ports from 1024 to 65535: HTTP,GRPC,METRICS") from None
+    return ports[0], ports[1], ports[2]
 
 
 def parse_gpus(text: str | None) -> list[int] | None:
@@ -217,7 +239,7 @@ def measure_settings(flags: dict[str, Any]) -> Any:
 
     return MeasureSettings(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
                            stability_tolerance=flags["stability"], idle_s=flags["idle_seconds"],
-                           energy_accounting=flags["energy_accounting"])
+                           energy_accounting=flags["energy_accounting"], max_failure_rate=flags["max_failure_rate"])
 
 
 def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
@@ -263,10 +285,12 @@ def measure(**flags: Any) -> None:
     from tuner.inputs import parse_shape_options
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config, parse_set_options
+    from tuner.results import ensure_writable_dir
     from tuner.run import measure_one
 
     base = load_model_config(flags["model_repository"], flags["model"])
     trial = parse_set_options(flags["settings"])
+    ensure_writable_dir(flags["output"])
     from tuner.model_config import validate_trial
 
     validate_trial(base, trial)
@@ -404,6 +428,9 @@ def _search_job(flags: dict[str, Any]) -> Any:
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
                               storage=flags["storage"], resume=flags["resume"], repeats=flags["repeats"])
+    from tuner.results import ensure_writable_dir
+
+    ensure_writable_dir(flags["output"])
     job = SearchJob(model_repository=flags["model_repository"], model=flags["model"], base=base, space=space,
                     constraints=constraints, load=load, inputs=InputSource(parse_shape_options(flags["shape"]),
                                                                            flags["input_data"]),

@@ -51,6 +51,8 @@ class MeasureSettings:
             raise BadInput(
                 f"--max-windows: expected at least {self.stable_windows} (the stable-window count), got {self.max_windows}"
             )
+        if not 0 <= self.max_failure_rate < 1:
+            raise BadInput(f"--max-failure-rate: expected a fraction from 0 to below 1, got {self.max_failure_rate}")
         if not 0 < self.stability_tolerance < 1:
             raise BadInput(f"--stability: expected a fraction between 0 and 1, got {self.stability_tolerance}")
 

@@ -175,11 +175,14 @@ def write_model_config(config: ModelConfig, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(to_text(config))
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(to_text(config))
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # after a failure; after the rename there is nothing left to remove
 
 
 def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:

@@ -255,3 +255,23 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def ensure_writable_dir(path: Path, flag: str = "--output") -> Path:
+    """Create the folder if needed and prove a file can be written there; BadInput naming the flag if not."""
+    import os
+    import tempfile
+
+    from tuner.errors import BadInput
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".greentune-write-check-"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"{flag} {path}: not a writable folder ({exc.strerror or exc}); "
+                       "give a folder greentune can create and write") from None
+    if not os.access(path, os.W_OK):
+        raise BadInput(f"{flag} {path}: not writable; give a folder greentune can write")
+    return path

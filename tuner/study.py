@@ -275,6 +275,7 @@ class Search:
                         trial = study.ask()
                         try:
                             result, duplicate_of = self._run_trial(trial, server, meters, by_key, outcome)
+                            self._record(study, trial, result, duplicate_of)
                         except BaseException:
                             # Ctrl-C or a storage error mid-trial: leave nothing RUNNING, retry it on --resume.
                             with contextlib.suppress(Exception):
@@ -282,7 +283,6 @@ class Search:
                                 study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs),
                                                     skip_if_exists=True)
                             raise
-                        self._record(study, trial, result, duplicate_of)
                         if duplicate_of is not None:
                             outcome.duplicates += 1
                             consecutive_duplicates += 1

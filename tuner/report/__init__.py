@@ -11,5 +11,10 @@ def write_reports(output_dir: str) -> list[str]:
     """Write report.html, report.md and pareto.png into output_dir from what it holds; returns the paths."""
     from pathlib import Path
 
+    from tuner.errors import StorageError
+
     data = load_report_data(Path(output_dir))
-    return [str(write_html_report(data)), *map(str, write_markdown_report(data))]
+    try:
+        return [str(write_html_report(data)), *map(str, write_markdown_report(data))]
+    except OSError as exc:
+        raise StorageError(f"cannot write the reports in {output_dir}: {exc.strerror or exc}") from None

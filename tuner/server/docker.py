@@ -13,7 +13,7 @@ from typing import Any
 from tuner.errors import BadInput, ServerStartError
 from tuner.server.base import Server
 from tuner.server.local import wait_ready
-from tuner.server.process import free_ports, port_in_use
+from tuner.server.process import free_ports, port_in_use, signals_deferred
 
 # NVIDIA's Triton image; the one place the default release is named.
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
@@ -164,7 +164,8 @@ class DockerLauncher:
             kwargs["device_requests"] = [request]
         log_path = output_dir / "tritonserver.log"
         try:
-            container = client.containers.run(self.image, command, **kwargs)
+            with signals_deferred():
+                container = client.containers.run(self.image, command, **kwargs)
         except docker.errors.APIError as exc:
             _remove_by_label(client, run_id)
             raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
@@ -173,11 +174,12 @@ class DockerLauncher:
             _wait_container_ready(server, container, self.ready_timeout_s)
             yield server
         finally:
-            _save_log(container, log_path)
-            with contextlib.suppress(docker.errors.DockerException):
-                container.remove(force=True)
-            _remove_by_label(client, run_id)
-            client.close()
+            with signals_deferred():
+                _save_log(container, log_path)
+                with contextlib.suppress(docker.errors.DockerException):
+                    container.remove(force=True)
+                _remove_by_label(client, run_id)
+                client.close()
 
     def _server(self, container: Any, ports: dict[str, int], log_path: Path) -> Server:
         def alive() -> bool:

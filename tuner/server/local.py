@@ -15,7 +15,14 @@ from tuner.errors import ServerStartError
 from tuner.meters.base import ProcessTreeProbe
 from tuner.server.base import Server
 from tuner.server.embedded import TritonInstall, find_triton
-from tuner.server.process import free_ports, reap_leftover, stop_group, write_pid_file
+from tuner.server.process import (
+    check_ports,
+    free_ports,
+    reap_leftover,
+    signals_deferred,
+    stop_group,
+    write_pid_file,
+)
 
 STATE_DIR = ".greentune"
 
@@ -32,12 +39,14 @@ class LocalLauncher:
         extra_args: tuple[str, ...] = (),
         install: TritonInstall | None = None,
         gpus: list[int] | None = None,
+        ports: tuple[int, int, int] | None = None,
     ) -> None:
         self.tritonserver = tritonserver
         self.ready_timeout_s = ready_timeout_s
         self.extra_args = extra_args
         self._install = install
         self.gpus = gpus
+        self.ports = ports
 
     def install(self) -> TritonInstall:
         """The binary this launcher will run (found once)."""
@@ -53,7 +62,7 @@ class LocalLauncher:
         output_dir.mkdir(parents=True, exist_ok=True)
         state_dir = output_dir / STATE_DIR
         reap_leftover(state_dir)
-        http_port, grpc_port, metrics_port = free_ports(3)
+        http_port, grpc_port, metrics_port = check_ports(self.ports) if self.ports else free_ports(3)
         log_path = output_dir / "tritonserver.log"
         cmd = [
             str(install.binary),
@@ -73,11 +82,12 @@ class LocalLauncher:
         env = {**os.environ, **install.env}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.gpus)
-        with open(log_path, "ab") as log:
+        with signals_deferred(), open(log_path, "ab") as log:
+            # Started and recorded with Ctrl-C held, so an interrupt cannot fall between the two.
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
-        pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
+            pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
         server = Server(
             grpc_url=f"127.0.0.1:{grpc_port}",
             http_url=f"http://127.0.0.1:{http_port}",
@@ -92,12 +102,13 @@ class LocalLauncher:
             wait_ready(server, self.ready_timeout_s, proc)
             yield server
         finally:
-            stop_group(proc.pid)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            pid_file.unlink(missing_ok=True)
+            with signals_deferred():
+                stop_group(proc.pid)
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+                pid_file.unlink(missing_ok=True)
 
 
 def wait_ready(server: Server, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -2,17 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 
 SHM_PREFIX = "triton_python_backend_shm_region_"
 PID_FILE = "server.pid.json"
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM while a server is started or stopped, then act on them: no half-started server.
+
+    Handlers (not the signal mask) are swapped, so child processes started inside inherit nothing unusual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            handler = previous[signal.Signals(received[0])]
+            if callable(handler):
+                handler(received[0], None)
+            elif received[0] == signal.SIGINT and handler == signal.SIG_DFL:
+                raise KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])
 
 
 def free_ports(count: int) -> list[int]:
@@ -39,6 +72,17 @@ def port_in_use(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def check_ports(ports: tuple[int, int, int]) -> tuple[int, int, int]:
+    """--ports HTTP,GRPC,METRICS as given, or BadInput naming the one already in use."""
+    from tuner.errors import BadInput
+
+    for name, port in zip(("HTTP", "gRPC", "metrics"), ports, strict=True):
+        if port_in_use(port):
+            raise BadInput(f"--ports: {name} port {port} is already in use on 127.0.0.1; pick free ports or leave "
+                           "--ports out (greentune then picks free ones)")
+    return ports
 
 
 def group_processes(pgid: int) -> list[psutil.Process]:
