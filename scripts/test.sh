@@ -19,4 +19,9 @@ if [ "$(id -u)" = 0 ] && command -v podman >/dev/null && command -v debootstrap 
   bash scripts/build_cpu_triton_image.sh "$image"
   export GREENTUNE_TEST_DOCKER_HOST="unix://$sock" GREENTUNE_TEST_IMAGE="$image"
 fi
+# Shared-study tests need PostgreSQL: where Debian's postgresql is installed (and we are root), start it.
+if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null; then
+  GREENTUNE_TEST_POSTGRES_URL=$(bash scripts/start_postgres.sh)
+  export GREENTUNE_TEST_POSTGRES_URL
+fi
 .venv/bin/python -m pytest tests "$@"

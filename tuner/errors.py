@@ -19,6 +19,10 @@ class BadInput(GreentuneError):
 
     exit_code = EXIT_BAD_INPUT
 
+    def __init__(self, message: str) -> None:
+        # One line by contract: a value the user typed may itself hold line breaks.
+        super().__init__(message.replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class ServerError(GreentuneError):
     """The Triton server failed to start, died, or refused an operation."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import json_format, text_format
 
 from tuner.errors import BadInput
-from tuner.results import INSTANCE_KINDS, TrialConfig
+from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOBS, TrialConfig, normalize_kind
 
 PB2_MODULE = "tritonclient.grpc.model_config_pb2"
 
@@ -117,11 +117,7 @@ def validate_trial(base: ModelConfig, trial: TrialConfig) -> None:
         raise BadInput(f"instance_count: expected an integer from 1 to 256, got {trial.instance_count}")
     if trial.instance_kind is not None and trial.instance_kind not in INSTANCE_KINDS:
         raise BadInput(f"instance_kind: expected one of {', '.join(INSTANCE_KINDS)}, got {trial.instance_kind}")
-    batching_knobs = {
-        k: v
-        for k, v in trial.knobs().items()
-        if k in ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
-    }
+    batching_knobs = {k: v for k, v in trial.knobs().items() if k in BATCHING_KNOBS}
     if base.max_batch_size == 0 and batching_knobs:
         knob = next(iter(batching_knobs))
         raise BadInput(
@@ -188,14 +184,7 @@ def write_model_config(config: ModelConfig, path: Path) -> None:
 def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:
     """Parse --set NAME=VALUE flags into a TrialConfig; errors name the flag and valid values."""
     knobs: dict[str, object] = {}
-    valid = [
-        "instance_count",
-        "instance_kind",
-        "max_batch_size",
-        "dynamic_batching",
-        "max_queue_delay_microseconds",
-        "preferred_batch_size",
-    ]
+    valid = KNOBS
     for item in items:
         name, sep, raw = item.partition("=")
         name, raw = name.strip(), raw.strip()
@@ -210,9 +199,8 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:
                     raise ValueError
                 knobs[name] = lowered in ("true", "on", "1")
             elif name == "instance_kind":
-                kind = raw.upper()
-                kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
-                if kind not in INSTANCE_KINDS:
+                kind = normalize_kind(raw)
+                if kind is None:
                     raise ValueError
                 knobs[name] = kind
             elif name == "preferred_batch_size":

@@ -9,7 +9,7 @@ import pandas as pd
 
 from tuner.model_config import to_text
 from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score, ties_with
-from tuner.results import TrialResult, write_json
+from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
 SUMMARY_FILE = "summary.json"
@@ -100,8 +100,7 @@ def trials_frame(results: list[TrialResult], constraints: Constraints, baseline:
     for r in results:
         m = r.measurement
         row: dict[str, Any] = {"trial": r.number, "baseline": baseline is not None and r.number == baseline.number}
-        for knob in ("instance_count", "instance_kind", "max_batch_size", "dynamic_batching",
-                     "max_queue_delay_microseconds", "preferred_batch_size"):
+        for knob in KNOBS:
             value = r.config.knobs().get(knob)
             row[knob] = ",".join(map(str, value)) if isinstance(value, list) else value
         row.update({

@@ -34,4 +34,20 @@ def environment(triton_version: str = "unknown", server_source: str = "unknown")
         "logical_cores": os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command_line": " ".join(["greentune", *sys.argv[1:]]),
+        **gpu_environment(),
     }
+
+
+def gpu_environment() -> dict[str, Any]:
+    """GPU models and driver from NVML, where there is one (nothing otherwise)."""
+    from tuner.meters import nvml
+
+    if nvml.gpu_count() == 0:
+        return {}
+    try:
+        module = nvml.nvml_module()
+        names = [str(module.nvmlDeviceGetName(module.nvmlDeviceGetHandleByIndex(i)))
+                 for i in range(module.nvmlDeviceGetCount())]
+        return {"gpu_models": ", ".join(names), "gpu_driver": str(module.nvmlSystemGetDriverVersion())}
+    except Exception as exc:  # provenance must not fail a run
+        return {"gpu_models": f"unknown ({exc})"}

@@ -19,6 +19,23 @@ for _df in range(11, 31):
     T95.setdefault(_df, T95[max(k for k in T95 if k <= _df)])
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
+# The server knobs greentune tunes (TrialConfig's fields), and those that only apply to batching models.
+KNOBS = (
+    "instance_count",
+    "instance_kind",
+    "max_batch_size",
+    "dynamic_batching",
+    "max_queue_delay_microseconds",
+    "preferred_batch_size",
+)
+BATCHING_KNOBS = ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
+
+
+def normalize_kind(value: object) -> str | None:
+    """'cpu', 'KIND_GPU', ... -> the Triton kind name; None when it is not one."""
+    kind = str(value).upper()
+    kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
+    return kind if kind in INSTANCE_KINDS else None
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,8 @@ from typing import Any, Protocol
 import yaml
 
 from tuner.errors import BadInput
-from tuner.results import INSTANCE_KINDS, TrialConfig
+from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOBS, TrialConfig, normalize_kind
 
-KNOBS = (
-    "instance_count",
-    "instance_kind",
-    "max_batch_size",
-    "dynamic_batching",
-    "max_queue_delay_microseconds",
-    "preferred_batch_size",
-)
-BATCHING_KNOBS = ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
 # The type each knob allows in the YAML, and the condition it always carries.
 KNOB_TYPES = {
     "instance_count": ("int", "fixed"),
@@ -300,9 +291,8 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
 
 def _check_fixed(name: str, value: Any, where: str) -> Any:
     if name == "instance_kind":
-        kind = str(value).upper()
-        kind = kind if kind.startswith("KIND_") else f"KIND_{kind}"
-        if kind not in INSTANCE_KINDS:
+        kind = normalize_kind(value)
+        if kind is None:
             raise BadInput(f"{where}: expected one of {', '.join(INSTANCE_KINDS)}, got {value!r}")
         return kind
     if name == "dynamic_batching":

@@ -152,8 +152,17 @@ def make_sampler(name: str, seed: int, space: Space, trials: int) -> optuna.samp
             raise BadInput("--sampler gp needs torch and scipy: pip install 'greentune[gp]'") from None
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)))
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return AskTellGridSampler(space.grid(), seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for an ask/tell loop: optuna's version calls study.stop(), which only works inside optimize();
+    the search checks is_exhausted() before asking instead."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: TrialState,
+                    values: Any) -> None:
+        """Do not stop the study from inside tell()."""
 
 
 def study_name(model: str) -> str:
@@ -254,6 +263,7 @@ class Search:
         initial_best = best_trial(results)
         best_score = score(initial_best.measurement) if initial_best else None
         grid_size = len(self.space.grid_configs()) if settings.sampler == "grid" else None
+        sampler = study.sampler
         while True:
             try:
                 with self._server() as server:
@@ -269,6 +279,9 @@ class Search:
                     while True:
                         reason = self._stop_reason(outcome, started, since_improvement, consecutive_duplicates,
                                                    grid_size)
+                        if not reason and isinstance(sampler, optuna.samplers.GridSampler) and \
+                                sampler.is_exhausted(study) and not _waiting(study):
+                            reason = f"grid exhausted ({len(outcome.results)} distinct configs measured)"
                         if reason:
                             outcome.stop_reason = reason
                             break
@@ -442,6 +455,11 @@ class Search:
         outcome.best = best_trial(outcome.results)
         baselines = [r for r in outcome.results if r.config == trial_of(self.job.base)]
         outcome.baseline = min(baselines, key=lambda r: r.number) if baselines else None
+
+
+def _waiting(study: optuna.Study) -> bool:
+    """True when trials are queued (an interrupted trial to retry, or the baseline)."""
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 class _Restart(Exception):

@@ -74,3 +74,21 @@ def test_pareto_front():
         result(4, measurement(99, 30, 500)),  # infeasible: excluded
     ]
     assert pareto_front(results) == [0, 1, 3]
+
+
+def test_grid_sampler_runs_to_exhaustion_in_an_ask_tell_loop():
+    import optuna
+
+    from tuner.space import parse_space
+    from tuner.study import AskTellGridSampler
+
+    space = parse_space({"knobs": {"instance_count": {"type": "int", "low": 1, "high": 3}}}, "s.yaml")
+    sampler = AskTellGridSampler(space.grid(), seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    seen = []
+    while not sampler.is_exhausted(study):
+        trial = study.ask()
+        seen.append(space.sample(trial).instance_count)
+        trial.set_constraint("failed", 0.0)
+        study.tell(trial, 1.0)  # optuna's own GridSampler would raise here on the last point
+    assert sorted(seen) == [1, 2, 3]

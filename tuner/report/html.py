@@ -10,6 +10,7 @@ from typing import Any
 from tuner.objective import score
 from tuner.report import plots
 from tuner.report.data import ReportData, energy_per_inference_mj, headline
+from tuner.results import KNOBS
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -57,8 +58,7 @@ def _cell(value: Any, digits: int = 2, text: bool = False) -> str:
 
 def trials_table(data: ReportData) -> str:
     """A sortable table of every trial with knobs, measurements, sources and failure reasons."""
-    knobs = ["instance_count", "instance_kind", "max_batch_size", "dynamic_batching", "max_queue_delay_microseconds",
-             "preferred_batch_size"]
+    knobs = list(KNOBS)
     heads = ["trial", "status", "infer/J", "± 95% CI", "mJ / inference", "throughput (infer/s)", "p99 (ms)",
              "p50 (ms)", "memory (MB)", *knobs, "energy source", "memory source", "concurrency", "failed req.",
              "stable", "Pareto", "failure reason / constraint violations"]
@@ -100,7 +100,8 @@ def provenance(data: ReportData) -> str:
     items = {
         "greentune": env.get("greentune"), "Triton server": env.get("triton_server"),
         "Triton binary / image": env.get("triton_binary"), "CPU": f"{env.get('cpu_model')} ({env.get('logical_cores')} logical cores)",
-        "GPU / driver": ", ".join(v for k, v in env.items() if k.startswith("gpu")) or "none metered",
+        "GPU / driver": (f"{env['gpu_models']} (driver {env.get('gpu_driver', '?')})" if env.get("gpu_models")
+                         else "none seen by NVML"),
         "energy sources": ", ".join(s.get("energy_sources") or []),
         "meters": json.dumps(s.get("meters") or {}),
         "idle power": (f"{s['idle_power_total_w']:.1f} W ({json.dumps(s.get('idle_power_w'))})"
