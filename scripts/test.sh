@@ -21,7 +21,7 @@ if [ "$(id -u)" = 0 ] && command -v podman >/dev/null && command -v debootstrap 
 fi
 # Shared-study tests need PostgreSQL: where Debian's postgresql is installed (and we are root), start it.
 if [ "$(id -u)" = 0 ] && command -v pg_ctlcluster >/dev/null; then
-  GREENTUNE_TEST_POSTGRES_URL=$(bash scripts/start_postgres.sh)
+  GREENTUNE_TEST_POSTGRES_URL=$(bash scripts/start_postgres.sh | tail -n 1)
   export GREENTUNE_TEST_POSTGRES_URL
 fi
 .venv/bin/python -m pytest tests "$@"

@@ -152,6 +152,8 @@ def test_sigkilled_search_leaves_a_server_that_the_next_run_stops(tmp_path):
     proc.wait()
     leftover = server_pid(tmp_path)
     assert psutil.pid_exists(leftover)  # SIGKILL runs no cleanup: the server is still there
+    partial = run_cli(["report", str(tmp_path)])  # reports render from what an unfinished search saved
+    assert partial.returncode == 0 and (tmp_path / "report.html").exists()
     resumed = run_cli([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not psutil.pid_exists(leftover) or psutil.Process(leftover).status() == psutil.STATUS_ZOMBIE

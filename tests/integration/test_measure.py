@@ -115,3 +115,15 @@ def test_server_killed_mid_measurement_is_detected_and_cleaned(tmp_path):
                                                               stability_tolerance=0.01), kill_on_window)
     assert triton_processes() == []
     assert shm_regions() <= before
+
+
+def test_open_loop_at_a_fixed_rate_with_real_inputs(tmp_path, server):
+    data = tmp_path / "inputs.json"
+    data.write_text(json.dumps({"data": [{"INPUT": [0.1 * i] * 256} for i in range(3)]}))
+    result = run_cli(["measure", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "--request-rate", "150",
+                      "--input-data", str(data), "--idle-seconds", "0", *FAST_FLAGS, "-o", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr[-2000:]
+    m = json.loads((tmp_path / "out" / "measurement.json").read_text())["measurement"]
+    assert m["load"] == {"mode": "request_rate", "request_rate_per_s": 150.0}
+    assert m["throughput_per_s"]["mean"] == pytest.approx(150, rel=0.15)  # the server keeps up with the offered rate
+    assert "150 req/s open loop" in result.stdout

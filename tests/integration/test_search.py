@@ -129,3 +129,14 @@ def test_repeats_idle_baseline_and_dynamic_accounting(tmp_path):
     saved = summary["savings_vs_baseline"]
     assert saved["total_energy_per_inference_j_chosen"] > saved["energy_per_inference_j_chosen"]
     assert isinstance(summary["ties_with_best"], list)
+
+
+def test_concurrency_auto_drives_each_config_to_its_latency_limit(tmp_path):
+    result = run_cli(["search", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "--space", "cpu", "--concurrency", "auto",
+                      "--max-p99-ms", "15", "--trials", "2", "--idle-seconds", "0.5", *FAST_FLAGS, "-o", str(tmp_path)])
+    assert result.returncode in (0, 3), result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["load"] == {"mode": "auto", "max_p99_ms": 15.0}
+    trials = pd.read_csv(tmp_path / "trials.csv")
+    assert (trials["concurrency"] >= 1).all() and trials["concurrency"].max() > 1
+    assert "concurrency auto (p99 <= 15.0 ms)" in result.stdout
