@@ -24,10 +24,11 @@ def launcher(name, server):
         return RemoteLauncher(server.http_url, grpc_port=int(server.grpc_url.rsplit(":", 1)[1]))
     if not (DOCKER_HOST and IMAGE):
         pytest.skip("no Docker API for tests")
-    return DockerLauncher(image=IMAGE, docker_host=DOCKER_HOST, shm_size="256m")
+    network = "bridge" if name == "docker-bridge" else "host"
+    return DockerLauncher(image=IMAGE, docker_host=DOCKER_HOST, shm_size="256m", network=network)
 
 
-@pytest.mark.parametrize("name", ["local", "remote", "docker"])
+@pytest.mark.parametrize("name", ["local", "remote", "docker", "docker-bridge"])
 def test_launcher_contract(name, server, tmp_path):
     chosen = launcher(name, server)
     with chosen.start(MODEL_REPOSITORY, tmp_path) as running:
@@ -40,7 +41,7 @@ def test_launcher_contract(name, server, tmp_path):
     else:
         assert not running.is_alive()
         assert triton_processes() == []
-        if name == "docker":
+        if name.startswith("docker"):
             import docker.client
 
             client = docker.client.DockerClient(base_url=DOCKER_HOST)

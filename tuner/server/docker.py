@@ -12,7 +12,7 @@ from typing import Any
 
 from tuner.errors import BadInput, ServerStartError
 from tuner.server.base import Server
-from tuner.server.local import wait_ready
+from tuner.server.local import triton_args, wait_ready
 from tuner.server.process import free_ports, port_in_use, signals_deferred
 
 # NVIDIA's Triton image; the one place the default release is named.
@@ -138,7 +138,6 @@ class DockerLauncher:
         self.ensure_image(client)
         run_id = uuid.uuid4().hex[:12]
         repo = Path(model_repository).resolve()
-        command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0"]
         kwargs: dict[str, Any] = {
             "detach": True,
             "name": f"greentune-{run_id}",
@@ -146,14 +145,13 @@ class DockerLauncher:
             "volumes": {str(repo): {"bind": "/models", "mode": "ro"}},
             "shm_size": self.shm_size,
         }
+        ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
         if self.network == "host":
-            ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
-            command += [f"--http-port={ports['http']}", f"--grpc-port={ports['grpc']}",
-                        f"--metrics-port={ports['metrics']}", "--http-address=127.0.0.1",
-                        "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"]
+            command = ["tritonserver", *triton_args("/models", ports["http"], ports["grpc"], ports["metrics"])]
             kwargs["network_mode"] = "host"
         else:
-            ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
+            # Inside its own network namespace the server listens on the image's usual ports, published here.
+            command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0"]
             kwargs["ports"] = {f"{CONTAINER_PORTS[k]}/tcp": ("127.0.0.1", ports[k]) for k in CONTAINER_PORTS}
         for name, port in ports.items():
             if port_in_use(port):

@@ -64,19 +64,9 @@ class LocalLauncher:
         reap_leftover(state_dir)
         http_port, grpc_port, metrics_port = check_ports(self.ports) if self.ports else free_ports(3)
         log_path = output_dir / "tritonserver.log"
-        cmd = [
-            str(install.binary),
-            f"--model-repository={Path(model_repository).resolve()}",
-            "--model-control-mode=explicit",
-            "--http-address=127.0.0.1",
-            f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc_port}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={metrics_port}",
-            "--log-verbose=0",
-            *self.extra_args,
-        ]
+        cmd = [str(install.binary),
+               *triton_args(str(Path(model_repository).resolve()), http_port, grpc_port, metrics_port),
+               *self.extra_args]
         if install.backend_directory is not None:
             cmd.append(f"--backend-directory={install.backend_directory}")
         env = {**os.environ, **install.env}
@@ -109,6 +99,21 @@ class LocalLauncher:
                 except subprocess.TimeoutExpired:
                     pass
                 pid_file.unlink(missing_ok=True)
+
+
+def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
+    """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports."""
+    return [
+        f"--model-repository={model_repository}",
+        "--model-control-mode=explicit",
+        "--log-verbose=0",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics_port}",
+    ]
 
 
 def wait_ready(server: Server, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
