@@ -169,3 +169,16 @@ def test_estimate_meter_counts_this_process_cpu_time():
     cores = reading.details["logical_cores"]
     expected = reading.details["cpu_s"] * 40.0 / cores + 0.2 * 40.0 * reading.duration_s
     assert reading.energy_j["cpu"] == pytest.approx(expected)
+
+
+def test_container_servers_do_not_flag_every_gpu_process_as_foreign(tmp_path, monkeypatch):
+    class ContainerLike(ProcessTreeProbe):
+        pids_visible = False
+
+    fake = FakeNvml([FakeGpu(h100_trace(), processes=(4242,))])
+    monkeypatch.setattr(nvml_meter, "nvml_module", lambda: fake)
+    server = Server(grpc_url="h:1", http_url="http://h:0", metrics_url=None, probe=ContainerLike(os.getpid()))
+    meter = select_meters(server, "auto", powercap_root=tmp_path / "none")[0]
+    assert meter.server_pids is None
+    reading = run_window(meter, 0.3)
+    assert not any("4242" in w for w in reading.details["warnings"])

@@ -52,6 +52,7 @@ class ResourceProbe(Protocol):
     """Where a server's CPU time and memory are read: its process tree here, or its container's stats."""
 
     memory_source: str
+    pids_visible: bool  # whether pids() gives host pids (to tell the server's GPU processes from others)
 
     def cpu_seconds(self) -> float:
         """Cumulative CPU seconds used by the server (user + system), including exited children."""
@@ -70,6 +71,7 @@ class ProcessTreeProbe:
     """A local server: the tritonserver process and its Python-backend stubs."""
 
     memory_source = SOURCE_RSS
+    pids_visible = True
 
     def __init__(self, pid: int) -> None:
         self.pid = pid

@@ -40,8 +40,9 @@ def select_meters(
             count = nvml_meter.gpu_count() if energy_meter == "auto" else nvml_meter.nvml_module().nvmlDeviceGetCount()
             indices = gpus if gpus is not None else list(range(count))
             if indices and (local or energy_meter == "nvml"):
-                meters.append(nvml_meter.NvmlMeter(indices, probe.pids if probe is not None else None,
-                                                   server.metrics_url))
+                # Only where the server's host pids are known can other processes on its GPUs be told apart.
+                own_pids = probe.pids if probe is not None and probe.pids_visible else None
+                meters.append(nvml_meter.NvmlMeter(indices, own_pids, server.metrics_url))
             elif energy_meter == "nvml":
                 raise MeterUnavailable("--energy-meter nvml: NVML sees no GPU on this machine")
         except MeterUnavailable:

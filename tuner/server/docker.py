@@ -52,6 +52,7 @@ class ContainerProbe:
     """CPU time and memory of a container, from the Engine API's stats."""
 
     memory_source = "container memory (Docker stats)"
+    pids_visible = False
 
     def __init__(self, container: Any) -> None:
         self.container = container
