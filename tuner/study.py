@@ -314,7 +314,7 @@ class Search:
                                                  "measured": len(outcome.results), "total": settings.trials})
                         if self.on_result is not None:
                             self.on_result(outcome)
-                        if result.failure_reason and "died" in result.failure_reason:
+                        if result.failed and not server.is_alive():
                             raise _Restart()
                     if settings.repeats > 1:
                         self._repeat_top(server, meters, outcome)
