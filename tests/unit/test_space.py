@@ -116,3 +116,14 @@ def test_any_document_is_accepted_or_rejected_cleanly(document):
     for config in space.grid_configs()[:50]:
         assert isinstance(config, TrialConfig)
     yaml.safe_dump(space.grid())
+
+
+def test_examples_are_valid():
+    from tuner.inputs import input_specs, load_input_data
+
+    space = load_space(ROOT / "examples" / "cpu_small.yaml")
+    assert space.constraints == {"max_p99_ms": 50.0, "max_memory_mb": 2000.0} and len(space.grid_configs()) == 24
+    specs = input_specs({"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": ["-1", "256"]}]},
+                        {"max_batch_size": 32}, {})
+    samples = load_input_data(ROOT / "examples" / "mlp_inputs.json", specs)
+    assert len(samples) == 3 and all(s["INPUT"].shape == (1, 256) for s in samples)
