@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tuner.model_config import to_text
-from tuner.objective import Constraints, closest_trial, overlaps, pareto_front, score, ties_with
+from tuner.objective import closest_trial, overlaps, pareto_front, score, ties_with
 from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
@@ -93,7 +93,7 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
     }
 
 
-def trials_frame(results: list[TrialResult], constraints: Constraints, baseline: TrialResult | None) -> pd.DataFrame:
+def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd.DataFrame:
     """One row per measured trial: knobs, measurements with units, sources, feasibility, Pareto membership."""
     front = set(pareto_front(results))
     rows = []
@@ -136,7 +136,7 @@ def trials_frame(results: list[TrialResult], constraints: Constraints, baseline:
 def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
     """Write summary.json and trials.csv atomically."""
     write_json(job.output / SUMMARY_FILE, summary_document(job, outcome, exported))
-    frame = trials_frame(outcome.results, job.constraints, outcome.baseline)
+    frame = trials_frame(outcome.results, outcome.baseline)
     tmp = job.output / f".{TRIALS_FILE}.tmp"
     frame.to_csv(tmp, index=False)
     tmp.replace(job.output / TRIALS_FILE)
