@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -168,17 +167,9 @@ def to_text(config: ModelConfig) -> str:
 
 def write_model_config(config: ModelConfig, path: Path) -> None:
     """Write config.pbtxt atomically: a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(to_text(config))
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # after a failure; after the rename there is nothing left to remove
+    from tuner.fileio import atomic_write
+
+    atomic_write(Path(path), to_text(config))
 
 
 def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:

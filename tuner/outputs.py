@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from tuner.fileio import atomic_path
 from tuner.model_config import to_text
 from tuner.objective import closest_trial, overlaps, pareto_front, score, ties_with
 from tuner.results import KNOBS, TrialResult, write_json
@@ -137,6 +138,5 @@ def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None 
     """Write summary.json and trials.csv atomically."""
     write_json(job.output / SUMMARY_FILE, summary_document(job, outcome, exported))
     frame = trials_frame(outcome.results, outcome.baseline)
-    tmp = job.output / f".{TRIALS_FILE}.tmp"
-    frame.to_csv(tmp, index=False)
-    tmp.replace(job.output / TRIALS_FILE)
+    with atomic_path(job.output / TRIALS_FILE) as tmp:
+        frame.to_csv(tmp, index=False)

@@ -253,12 +253,11 @@ class TrialResult:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write a JSON document atomically (temp file + rename), with the schema version."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a JSON document atomically (unique temp file, fsync, rename), with the schema version."""
+    from tuner.fileio import atomic_write
+
     body = {"schema_version": SCHEMA_VERSION, **document}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(clean_json(body), indent=2, allow_nan=False) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(clean_json(body), indent=2, allow_nan=False) + "\n")
 
 
 def clean_json(value: Any) -> Any:

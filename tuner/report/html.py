@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
 from tuner.report.data import ReportData, energy_per_inference_mj, headline
@@ -154,7 +155,5 @@ energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
 def write_html_report(data: ReportData) -> Path:
     """Write OUTPUT/report.html atomically."""
     path = data.output_dir / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(render_html(data))
-    tmp.replace(path)
+    atomic_write(path, render_html(data))
     return path

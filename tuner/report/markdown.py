@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from tuner.fileio import atomic_write
 from tuner.model_config import ModelConfig, apply_trial, to_text
 from tuner.objective import score
 from tuner.report import plots
@@ -69,7 +70,5 @@ def write_markdown_report(data: ReportData) -> list[Path]:
     """Write OUTPUT/report.md and OUTPUT/pareto.png."""
     png = plots.pareto_png(data, data.output_dir / "pareto.png") if data.results else None
     path = data.output_dir / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text(render_markdown(data, png.name if png else None))
-    tmp.replace(path)
+    atomic_write(path, render_markdown(data, png.name if png else None))
     return [path] + ([png] if png else [])

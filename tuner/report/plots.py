@@ -8,6 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from tuner.fileio import atomic_path
 from tuner.objective import score
 from tuner.report.data import ReportData
 from tuner.results import TrialResult
@@ -180,6 +181,7 @@ def pareto_png(data: ReportData, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
