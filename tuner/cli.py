@@ -7,7 +7,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -15,6 +15,11 @@ from rich.table import Table
 
 from tuner.errors import EXIT_FAILURE, GreentuneError
 from tuner.results import Measurement, Spread
+
+if TYPE_CHECKING:
+    from tuner.bench import LoadPolicy
+    from tuner.events import Event
+    from tuner.server.base import ServerLauncher
 
 console = Console(stderr=True)
 out = Console()
@@ -171,7 +176,7 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_launcher(flags: dict[str, Any], pull_progress: Any = None) -> Any:
+def build_launcher(flags: dict[str, Any], pull_progress: Any = None) -> ServerLauncher:
     """The launcher the flags ask for; flags that do not apply to it are an error, not silently ignored."""
     from tuner.errors import BadInput
     from tuner.server import DockerLauncher, LocalLauncher, RemoteLauncher
@@ -243,8 +248,9 @@ def measure_settings(flags: dict[str, Any]) -> Any:
 
 
 def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
-               allow_auto: bool = False) -> Any:
-    """LoadSpec from flags (closed loop at concurrency 8 unless told otherwise); None means --concurrency auto."""
+               allow_auto: bool = False, max_p99_ms: float | None = None) -> LoadPolicy:
+    """The load policy from flags: closed loop at concurrency 8 unless told otherwise, or auto under max_p99_ms."""
+    from tuner.bench import LoadPolicy
     from tuner.errors import BadInput
     from tuner.load import LoadSpec
 
@@ -253,7 +259,9 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
             raise BadInput("--concurrency auto is only for search; give a number of concurrent requests")
         if request_rate is not None:
             raise BadInput("give either --concurrency auto or --request-rate, not both")
-        return None
+        if max_p99_ms is None:
+            raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
+        return LoadPolicy.auto(max_p99_ms, request_timeout)
     count: int | None = None
     if concurrency is not None:
         try:
@@ -262,7 +270,7 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
             raise BadInput(f"--concurrency {concurrency}: expected a positive integer or auto") from None
     elif request_rate is None:
         count = 8
-    return LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout)
+    return LoadPolicy(LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout))
 
 
 @cli.command()
@@ -282,40 +290,61 @@ def measure(**flags: Any) -> None:
       greentune measure -r model_repository -m mlp --set instance_count=2 \\
         --set max_batch_size=16 --set dynamic_batching=true --concurrency 8
     """
+    from tuner.bench import Bench
     from tuner.inputs import parse_shape_options
     from tuner.measure import InputSource
-    from tuner.model_config import load_model_config, parse_set_options
+    from tuner.meters.select import MeterChoice
+    from tuner.model_config import load_model_config, parse_set_options, validate_trial
     from tuner.results import ensure_writable_dir
     from tuner.run import measure_one
 
     base = load_model_config(flags["model_repository"], flags["model"])
     trial = parse_set_options(flags["settings"])
     ensure_writable_dir(flags["output"])
-    from tuner.model_config import validate_trial
-
     validate_trial(base, trial)
     settings = measure_settings(flags)
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
-    gpus = parse_gpus(flags["gpus"])
+    meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
     with console.status("starting Triton…") as status:
         launcher = build_launcher(flags, lambda event, data: status.update(_pull_text(data)))
-        def progress(event: str, data: dict[str, Any]) -> None:
-            if event == "window":
-                status.update(f"window {data['index']}/{data['max']}: {data['throughput_per_s']:.1f} infer/s, "
-                              f"p99 {data['p99_ms']:.2f} ms")
-            else:
-                status.update(f"{event}: {data}")
-
-        measurement, path = measure_one(
-            model_repository=flags["model_repository"], model=flags["model"], base=base, trial=trial,
-            launcher=launcher, load=load, inputs=inputs, settings=settings, output=flags["output"],
-            energy_meter=flags["energy_meter"], cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=gpus, progress=progress,
-        )
-    out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load)}"))
+        bench = Bench(launcher, flags["model_repository"], flags["model"], base, flags["output"], inputs, load,
+                      settings, meters=meters, progress=lambda event: status.update(event_text(event)),
+                      idle_config=trial)
+        measurement, path = measure_one(bench, trial)
+    out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load.describe())}"))
     if not measurement.stable:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
     console.print(f"wrote {path}", highlight=False)
+
+
+def event_text(event: Event) -> str:
+    """One status line for a progress event."""
+    from tuner import events
+
+    if isinstance(event, events.WindowMeasured):
+        return (f"window {event.index}/{event.max_windows}: {event.throughput_per_s:.1f} infer/s, "
+                f"p99 {event.p99_ms:.2f} ms")
+    if isinstance(event, events.ModelLoading):
+        return f"loading {event.config}"
+    if isinstance(event, events.IdleMeasuring):
+        return f"measuring idle power for {event.seconds:g} s"
+    if isinstance(event, events.WarmingUp):
+        return f"warming up for {event.seconds:g} s"
+    if isinstance(event, events.ConcurrencyProbed):
+        return (f"probing concurrency {event.concurrency}: {event.throughput_per_s:.1f} infer/s, "
+                f"p99 {event.p99_ms:.2f} ms")
+    if isinstance(event, events.TrialStarted):
+        return f"trial {event.number}: {event.config}" + (" (baseline)" if event.baseline else "")
+    if isinstance(event, events.RepeatStarted):
+        return f"repeating trial {event.number}: {event.config}"
+    if isinstance(event, events.RepeatFailed):
+        return f"repeat of trial {event.number} failed: {event.reason}"
+    if isinstance(event, events.ServerRestarted):
+        return f"server died; restarted it (restart {event.count})"
+    if isinstance(event, events.TrialsRecovered):
+        return f"{event.count} trial(s) interrupted by an earlier run will be retried"
+    return f"trial {event.result.number} finished"
 
 
 def _pull_text(data: dict[str, Any]) -> str:
@@ -324,8 +353,7 @@ def _pull_text(data: dict[str, Any]) -> str:
     return f"pulling {data['image']}: {data.get('status') or ''} {data.get('id') or ''}{done}"
 
 
-def _load_text(load: Any) -> str:
-    described = load if isinstance(load, dict) else load.describe()
+def _load_text(described: dict[str, Any]) -> str:
     if described["mode"] == "auto":
         return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
     if described["mode"] == "concurrency":
@@ -377,24 +405,24 @@ def search(**flags: Any) -> None:
     launcher = build_launcher(flags, lambda event, data: bar.update(task, description=_pull_text(data)))
     state: dict[str, Any] = {"config": "", "best": "none yet"}
 
-    def progress(event: str, data: dict[str, Any]) -> None:
-        if event == "trial_start":
-            state["config"] = data["config"] + (" (baseline)" if data["baseline"] else "")
+    def progress(event: Event) -> None:
+        from tuner import events
+
+        if isinstance(event, events.TrialStarted):
+            state["config"] = event.config + (" (baseline)" if event.baseline else "")
             bar.update(task, description=f"{state['config']} · best: {state['best']}")
-        elif event == "window":
-            bar.update(task, description=f"{state['config']} · window {data['index']}: "
-                                         f"{data['throughput_per_s']:.0f} infer/s · best: {state['best']}")
-        elif event == "trial_end":
-            result, best = data["result"], data["best"]
+        elif isinstance(event, events.WindowMeasured):
+            bar.update(task, description=f"{state['config']} · window {event.index}: "
+                                         f"{event.throughput_per_s:.0f} infer/s · best: {state['best']}")
+        elif isinstance(event, events.TrialFinished):
+            best = event.best
             if best is not None and best.measurement is not None:
                 state["best"] = (f"trial {best.number}: {best.measurement.inferences_per_j.mean:.2f} infer/J "
                                  f"({best.measurement.energy_source})")
-            bar.update(task, completed=data["measured"], description=f"best: {state['best']}")
-            bar.console.print(trial_line(result), highlight=False)
-        elif event == "server_restart":
-            bar.console.print(f"[yellow]server died; restarted it (restart {data['count']})[/]")
-        elif event == "recovered":
-            bar.console.print(f"[yellow]{data['count']} trial(s) interrupted by an earlier run will be retried[/]")
+            bar.update(task, completed=event.measured, description=f"best: {state['best']}")
+            bar.console.print(trial_line(event.result), highlight=False)
+        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
+            bar.console.print(f"[yellow]{event_text(event)}[/]")
 
     with bar:
         outcome, exported = run_search_command(job, settings, launcher, progress)
@@ -419,11 +447,8 @@ def _search_job(flags: dict[str, Any]) -> Any:
     space = load_space(path)
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
-    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True)
-    if load is None and constraints.max_p99_ms is None:
-        from tuner.errors import BadInput
-
-        raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True,
+                      max_p99_ms=constraints.max_p99_ms)
     measure = measure_settings(flags)
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
@@ -506,7 +531,7 @@ def export(output_dir: Path, trial_number: int, destination: Path | None, verify
     from tuner.export import export_trial
     from tuner.server import LocalLauncher
 
-    launcher = LocalLauncher(tritonserver) if verify else None
+    launcher: ServerLauncher | None = LocalLauncher(tritonserver) if verify else None
     with console.status(f"exporting trial {trial_number}…"):
         path = export_trial(output_dir, trial_number, destination, launcher)
     out.print(f"wrote {path}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
@@ -524,6 +549,7 @@ def trial_line(result: Any) -> str:
 
 
 def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
+    from tuner import paths
     from tuner.errors import NoFeasibleConfig
     from tuner.outputs import savings
 
@@ -543,15 +569,18 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
                   f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
                   f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%",
                   highlight=False)
-    out.print(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}, "
-              f"{job.output / 'report.html'}, {job.output / 'report.md'}", highlight=False)
+    html, markdown, _ = paths.report_paths(job.output)
+    out.print(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
+              f"{html}, {markdown}", highlight=False)
 
 
 def _no_feasible_message(outcome: Any, job: Any) -> str:
     from tuner.objective import closest_trial
 
     closest = closest_trial(outcome.results)
-    where = f"; summary in {job.output / 'summary.json'}"
+    from tuner import paths
+
+    where = f"; summary in {paths.summary_path(job.output)}"
     if closest is None:
         return f"no config could be measured (all {len(outcome.results)} failed){where}"
     result, constraint = closest

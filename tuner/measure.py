@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from tuner.errors import BadInput, LoadGenerationError, ServerDied
+from tuner.events import ConcurrencyProbed, ModelLoading, Progress, WarmingUp, WindowMeasured, emit
 from tuner.inputs import Sample, input_specs, load_input_data, synthetic_samples
 from tuner.load import LoadGenerator, LoadSpec, WindowStats, is_stable
 from tuner.meters.base import SOURCE_UNAVAILABLE, Meter, Reading
@@ -19,8 +20,6 @@ from tuner.model_config import ModelConfig, apply_trial
 from tuner.results import Measurement, Spread, TrialConfig, Window
 from tuner.server import control
 from tuner.server.base import Server
-
-Progress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class MeasureSettings:
             raise BadInput(f"--stability: expected a fraction between 0 and 1, got {self.stability_tolerance}")
 
 
-    def window_for(self, meters: list[Meter]) -> float:
+    def window_for(self, meters: Sequence[Meter]) -> float:
         """The window length: as asked (or the meters' preference), never below a meter's minimum."""
         window = self.window_s if self.window_s is not None else max(
             [2.0, *(getattr(m, "preferred_window_s", 2.0) for m in meters)])
@@ -80,32 +79,32 @@ class InputSource:
         return synthetic_samples(specs)
 
 
-def measure_trial(
-    server: Server,
-    model: str,
-    base_config: ModelConfig,
-    trial: TrialConfig,
-    load: LoadSpec,
-    inputs: InputSource,
-    meters: list[Meter],
-    settings: MeasureSettings,
-    progress: Progress | None = None,
-    idle_power_w: float | None = None,
-) -> Measurement:
+@dataclass(frozen=True)
+class MeasureContext:
+    """What every measurement on one live server shares (the bench builds it once per server start)."""
+
+    server: Server
+    model: str
+    base: ModelConfig
+    inputs: InputSource
+    meters: Sequence[Meter]
+    settings: MeasureSettings
+    progress: Progress | None = None
+    idle_power_w: float | None = None  # total idle W, subtracted under energy_accounting 'dynamic'
+
+
+def measure_trial(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec) -> Measurement:
     """Load the trial's config, then measure it; raises ModelLoadError, ServerDied or LoadGenerationError."""
-    samples = load_trial(server, model, base_config, trial, inputs, progress)
-    return measure_loaded(server, model, trial, load, samples, meters, settings, progress, idle_power_w)
+    samples = load_trial(ctx, trial)
+    return measure_loaded(ctx, trial, load, samples)
 
 
-def measure_loaded(
-    server: Server, model: str, trial: TrialConfig, load: LoadSpec, samples: list[Sample], meters: list[Meter],
-    settings: MeasureSettings, progress: Progress | None = None, idle_power_w: float | None = None,
-) -> Measurement:
+def measure_loaded(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
     """Measure the config that is already loaded (warm-up, then windows until stable)."""
-    return asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress, idle_power_w))
+    return asyncio.run(_measure(ctx, trial, load, samples))
 
 
-def measure_idle(server: Server, meters: list[Meter], seconds: float) -> dict[str, float]:
+def measure_idle(server: Server, meters: Sequence[Meter], seconds: float) -> dict[str, float]:
     """Idle power (W) per energy domain: server up, model loaded, no load."""
     energy_meters = [m for m in meters if m.measures_energy]
     if not energy_meters or seconds <= 0:
@@ -118,71 +117,57 @@ def measure_idle(server: Server, meters: list[Meter], seconds: float) -> dict[st
     return {domain: joules / r.duration_s for r in readings for domain, joules in r.energy_j.items() if r.duration_s}
 
 
-def load_trial(
-    server: Server, model: str, base_config: ModelConfig, trial: TrialConfig, inputs: InputSource,
-    progress: Progress | None = None,
-) -> list[Sample]:
+def load_trial(ctx: MeasureContext, trial: TrialConfig) -> list[Sample]:
     """Load the trial's config into the server and return request inputs for it."""
-    config = apply_trial(base_config, trial)
-    _emit(progress, "loading", {"config": trial.describe()})
-    control.load_config(server, model, config)
-    return inputs.samples(server, model)
+    config = apply_trial(ctx.base, trial)
+    emit(ctx.progress, ModelLoading(trial.describe()))
+    control.load_config(ctx.server, ctx.model, config)
+    return ctx.inputs.samples(ctx.server, ctx.model)
 
 
 def measure_auto_concurrency(
-    server: Server,
-    model: str,
-    base_config: ModelConfig,
-    trial: TrialConfig,
-    max_p99_ms: float,
-    inputs: InputSource,
-    meters: list[Meter],
-    settings: MeasureSettings,
-    request_timeout_s: float = 30.0,
-    max_concurrency: int = 256,
-    progress: Progress | None = None,
-    idle_power_w: float | None = None,
+    ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, max_p99_ms: float, max_concurrency: int = 256,
 ) -> Measurement:
-    """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there."""
-    samples = load_trial(server, model, base_config, trial, inputs, progress)
+    """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there.
+
+    `load` is the template every probe and the final measurement use (request timeout, engine); only its
+    concurrency is chosen here.
+    """
+    server = ctx.server
+    samples = load_trial(ctx, trial)
     chosen, best_throughput, concurrency = 1, 0.0, 1
     while concurrency <= max_concurrency:
-        stats = asyncio.run(_probe(server, model, samples, LoadSpec(concurrency, None, request_timeout_s), settings))
+        stats = asyncio.run(_probe(ctx, samples, _closed_loop(load, concurrency)))
         _check_alive(server)
         p99 = stats.percentile_ms(99)
-        _emit(progress, "probe", {"concurrency": concurrency, "throughput_per_s": stats.throughput_per_s, "p99_ms": p99})
+        emit(ctx.progress, ConcurrencyProbed(concurrency, stats.throughput_per_s, p99))
         if not p99 <= max_p99_ms:
             break
         if stats.throughput_per_s < best_throughput * 1.03:
             break  # saturated: more clients only add queueing
         chosen, best_throughput = concurrency, stats.throughput_per_s
         concurrency *= 2
-    load = LoadSpec(chosen, None, request_timeout_s)
-    measurement = asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress, idle_power_w))
+    measurement = asyncio.run(_measure(ctx, trial, _closed_loop(load, chosen), samples))
     return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms})
 
 
-async def _probe(server: Server, model: str, samples: list[Sample], load: LoadSpec, settings: MeasureSettings) -> WindowStats:
+def _closed_loop(load: LoadSpec, concurrency: int) -> LoadSpec:
+    return replace(load, concurrency=concurrency, request_rate_per_s=None)
+
+
+async def _probe(ctx: MeasureContext, samples: list[Sample], load: LoadSpec) -> WindowStats:
+    server, model, settings = ctx.server, ctx.model, ctx.settings
     async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
         await generator.window(min(settings.warmup_s, 0.5))
         return await generator.window(settings.window_s or 2.0)
 
 
-async def _measure(
-    server: Server,
-    model: str,
-    trial: TrialConfig,
-    load: LoadSpec,
-    samples: list[Sample],
-    meters: list[Meter],
-    settings: MeasureSettings,
-    progress: Progress | None,
-    idle_power_w: float | None = None,
-) -> Measurement:
+async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
+    server, model, meters, settings, progress = ctx.server, ctx.model, ctx.meters, ctx.settings, ctx.progress
     windows: list[tuple[WindowStats, list[Reading]]] = []
     async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
         if settings.warmup_s > 0:
-            _emit(progress, "warmup", {"seconds": settings.warmup_s})
+            emit(progress, WarmingUp(settings.warmup_s))
             await generator.window(settings.warmup_s)
             _check_alive(server)
         window_s = settings.window_for(meters)
@@ -195,24 +180,19 @@ async def _measure(
                 readings = [meter.end() for meter in meters]
             _check_alive(server)
             windows.append((stats, readings))
-            _emit(progress, "window", {"index": index + 1, "max": settings.max_windows,
-                                       "throughput_per_s": stats.throughput_per_s, "p99_ms": stats.percentile_ms(99)})
+            emit(progress, WindowMeasured(index + 1, settings.max_windows, stats.throughput_per_s,
+                                          stats.percentile_ms(99)))
             if is_stable([w.throughput_per_s for w, _ in windows], [w.percentile_ms(99) for w, _ in windows],
                          settings.stability_tolerance, settings.stable_windows):
                 break
     for meter in meters:
         meter.close()
-    return summarize(trial, load, windows, settings, idle_power_w)
+    return summarize(trial, load, windows, settings, ctx.idle_power_w)
 
 
 def _check_alive(server: Server) -> None:
     if not server.is_alive():
         raise ServerDied(f"tritonserver died during measurement; last log lines:\n{server.log_tail()}")
-
-
-def _emit(progress: Progress | None, event: str, data: dict[str, Any]) -> None:
-    if progress is not None:
-        progress(event, data)
 
 
 def summarize(

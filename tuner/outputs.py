@@ -7,14 +7,12 @@ from typing import Any
 
 import pandas as pd
 
+from tuner import paths
 from tuner.fileio import atomic_path
 from tuner.model_config import to_text
 from tuner.objective import closest_trial, overlaps, pareto_front, score, ties_with
 from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
-
-SUMMARY_FILE = "summary.json"
-TRIALS_FILE = "trials.csv"
 
 
 def _brief(result: TrialResult | None) -> dict[str, Any] | None:
@@ -136,7 +134,7 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd
 
 def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
     """Write summary.json and trials.csv atomically."""
-    write_json(job.output / SUMMARY_FILE, summary_document(job, outcome, exported))
+    write_json(paths.summary_path(job.output), summary_document(job, outcome, exported))
     frame = trials_frame(outcome.results, outcome.baseline)
-    with atomic_path(job.output / TRIALS_FILE) as tmp:
+    with atomic_path(paths.trials_csv_path(job.output)) as tmp:
         frame.to_csv(tmp, index=False)

@@ -1,4 +1,4 @@
-"""The Optuna study: storage, sampler with constraints, baseline seeding, dedupe, budgets, server restarts."""
+"""The Optuna study and the search loop: ask, dedupe, measure on the bench, tell, persist."""
 
 from __future__ import annotations
 
@@ -12,39 +12,28 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from tuner.errors import (
-    BadInput,
-    GreentuneError,
-    LoadGenerationError,
-    MeterUnavailable,
-    ModelLoadError,
-    ServerDied,
-    ServerError,
-    StorageError,
-)
-from tuner.load import LoadSpec
-from tuner.measure import (
-    InputSource,
-    MeasureSettings,
-    Progress,
-    load_trial,
-    measure_auto_concurrency,
-    measure_idle,
-    measure_trial,
-    pool_measurements,
-)
-from tuner.meters.select import select_meters
+from tuner import paths
+from tuner.bench import Bench, LoadPolicy, TrialBench
+from tuner.errors import BadInput, StorageError
+from tuner.events import Progress, RepeatFailed, RepeatStarted, TrialFinished, TrialsRecovered, TrialStarted, emit
+from tuner.measure import InputSource, MeasureSettings, pool_measurements
+from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
 from tuner.objective import Constraints, best_trial, score, violations
 from tuner.results import TrialConfig, TrialResult, write_json
-from tuner.server.base import Server
+from tuner.server.base import ServerLauncher
 from tuner.space import Space
+from tuner.stopping import Stopping
+
+# What a failed save looks like: the file system, or the study's database (Optuna wraps most of its errors).
+STORAGE_ERRORS = (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+REPEATED_ATTR = "repeated"  # study attribute: trial number -> its pooled --repeats result
+
 
 SAMPLERS = ("tpe", "gp", "grid", "random")
-MAX_CONSECUTIVE_DUPLICATES = 40
-MAX_SERVER_RESTARTS = 3
 
 
 @dataclass(frozen=True)
@@ -113,7 +102,7 @@ class SearchJob:
     base: ModelConfig
     space: Space
     constraints: Constraints
-    load: LoadSpec | None  # None: --concurrency auto
+    load: LoadPolicy
     inputs: InputSource
     measure: MeasureSettings
     output: Path
@@ -123,8 +112,6 @@ class SearchJob:
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
-        if self.load is None:
-            return {"mode": "auto", "max_p99_ms": self.constraints.max_p99_ms}
         return self.load.describe()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -138,6 +125,12 @@ class SearchJob:
             "energy_accounting": self.measure.energy_accounting,
             "window_s": self.measure.window_s,
         }
+
+    def bench(self, launcher: ServerLauncher, progress: Progress | None = None) -> Bench:
+        """The bench every config of this search is measured on (a context manager)."""
+        return Bench(launcher, self.model_repository, self.model, self.base, self.output, self.inputs, self.load,
+                     self.measure, self.constraints, MeterChoice(self.energy_meter, self.cpu_tdp_watts, self.gpus),
+                     progress)
 
 
 def make_sampler(name: str, seed: int, space: Space, trials: int) -> optuna.samplers.BaseSampler:
@@ -173,7 +166,7 @@ def study_name(model: str) -> str:
 def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, str]:
     """Create the study (or load it with --resume); refuses to mix a new search into an old study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    url = settings.storage or f"sqlite:///{(job.output / 'study.db').resolve()}"
+    url = settings.storage or paths.study_url(job.output)
     name = study_name(job.model)
     sampler = make_sampler(settings.sampler, settings.seed, job.space, settings.trials)
     try:
@@ -201,23 +194,23 @@ def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, 
 
 
 def recorded_results(study: optuna.Study) -> tuple[list[TrialResult], int]:
-    """Results saved in the study (measured trials only) and the count of reused duplicates."""
+    """Results saved in the study (measured trials only, pooled where --repeats ran) and the count of reused duplicates."""
+    repeated = study.user_attrs.get(REPEATED_ATTR, {})
     results, duplicates = [], 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "duplicate_of" in trial.user_attrs:
             duplicates += 1
             continue
         if "result" in trial.user_attrs:
-            results.append(TrialResult.from_dict(trial.user_attrs["result"]))
+            results.append(TrialResult.from_dict(repeated.get(str(trial.number), trial.user_attrs["result"])))
     return results, duplicates
 
 
 def recover_interrupted(study: optuna.Study) -> int:
     """Trials left RUNNING by a killed run: mark them failed and queue their params again (retried on resume)."""
-    storage = study._storage
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        study.tell(trial.number, state=TrialState.FAIL)
         study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "baseline"},
                             skip_if_exists=True)
         count += 1
@@ -225,217 +218,107 @@ def recover_interrupted(study: optuna.Study) -> int:
 
 
 class Search:
-    """One search run: ask the sampler, dedupe, measure on the server, tell the study, persist every result."""
+    """One search run: ask the sampler, dedupe, measure on the bench, tell the study, persist every result."""
 
-    def __init__(self, job: SearchJob, settings: SearchSettings, launcher: Any, progress: Progress | None = None,
-                 on_result: Callable[[SearchOutcome], None] | None = None) -> None:
+    def __init__(self, job: SearchJob, settings: SearchSettings, progress: Progress | None = None,
+                 on_result: Callable[[SearchOutcome], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.job = job
         self.settings = settings
-        self.launcher = launcher
         self.progress = progress
         self.on_result = on_result
-        self.batches = job.base.max_batch_size > 0
-        self.space = job.space.for_model(self.batches)
+        self.clock = clock
+        self.space = job.space.for_model(job.base.max_batch_size > 0)
 
-    def _emit(self, event: str, data: dict[str, Any]) -> None:
-        if self.progress is not None:
-            self.progress(event, data)
+    def run(self, bench: TrialBench) -> SearchOutcome:
+        """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs."""
+        study, outcome = self._open()
+        stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
+                            self._grid_size(), self.clock, outcome.results)
+        by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
+        while (reason := stopping.reason(self._sampler_exhausted(study))) is None:
+            trial = study.ask()
+            with self._failed_on_error(study, trial):
+                sampled = self.space.sample(trial)  # always: registers the params, also the seeded baseline's
+                baseline = bool(trial.user_attrs.get("baseline"))
+                config = trial_of(self.job.base) if baseline else sampled
+                key = self._key(config)
+                earlier = by_key.get(key) if key is not None else None
+                if earlier is not None:
+                    self._record(study, trial, _reuse(earlier, trial.number), duplicate_of=earlier.number)
+                    outcome.duplicates += 1
+                    stopping.record_duplicate()
+                    continue
+                emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
+                result = bench.measure(config, trial.number) if key is not None else self._invalid(config, trial.number)
+                self._record(study, trial, result)
+            outcome.results.append(result)
+            if key is not None:
+                by_key[key] = result
+            stopping.record_measured(result, outcome.results)
+            self._publish(outcome, bench)
+            emit(self.progress, TrialFinished(result, outcome.best, len(outcome.results), self.settings.trials))
+        outcome.stop_reason = reason
+        self._repeat_top(study, bench, outcome)
+        self._publish(outcome, bench)
+        return outcome
 
-    def run(self, after: Callable[[Server, SearchOutcome], None] | None = None) -> SearchOutcome:
-        """Run until a budget is spent; `after(server, outcome)` runs on a live server (export) before it stops."""
-        job, settings = self.job, self.settings
-        job.output.mkdir(parents=True, exist_ok=True)
-        study, url = open_study(job, settings)
+    def _open(self) -> tuple[optuna.Study, SearchOutcome]:
+        """Open the study, fail what a killed run left running, read back what is measured, seed the baseline."""
+        self.job.output.mkdir(parents=True, exist_ok=True)
+        study, url = open_study(self.job, self.settings)
         recovered = recover_interrupted(study)
         if recovered:
-            self._emit("recovered", {"count": recovered})
+            emit(self.progress, TrialsRecovered(recovered))
         results, duplicates = recorded_results(study)
         if not study.trials:
-            baseline = trial_of(job.base)
-            study.enqueue_trial(self.space.params_of(baseline), user_attrs={"baseline": True})
-        outcome = SearchOutcome(results=results, baseline=None, best=None, stop_reason="", storage_url=url,
-                                study_name=study.study_name, duplicates=duplicates)
-        by_key = {self._key(r.config): r for r in results}
-        started = time.monotonic()
-        restarts = 0
-        consecutive_duplicates = 0
-        since_improvement = 0
-        initial_best = best_trial(results)
-        best_score = score(initial_best.measurement) if initial_best else None
-        grid_size = len(self.space.grid_configs()) if settings.sampler == "grid" else None
+            study.enqueue_trial(self.space.params_of(trial_of(self.job.base)), user_attrs={"baseline": True})
+        repeated = sorted(int(n) for n in study.user_attrs.get(REPEATED_ATTR, {}))
+        return study, SearchOutcome(results=results, baseline=None, best=None, stop_reason="", storage_url=url,
+                                    study_name=study.study_name, duplicates=duplicates, repeated=repeated)
+
+    def _grid_size(self) -> int | None:
+        return len(self.space.grid_configs()) if self.settings.sampler == "grid" else None
+
+    @staticmethod
+    def _sampler_exhausted(study: optuna.Study) -> bool:
+        """A grid sampler with every point asked and nothing queued (an interrupted trial or the baseline)."""
         sampler = study.sampler
-        while True:
-            try:
-                with self._server() as server:
-                    meters = select_meters(server, job.energy_meter, job.cpu_tdp_watts, job.gpus)
-                    outcome.meter_details = {m.name: _meter_details(m) for m in meters}
-                    self._measure_idle(server, meters, outcome)
-                    if not outcome.environment:
-                        from tuner.provenance import environment
-                        from tuner.server import control
+        return (isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study)
+                and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-                        outcome.environment = environment(control.server_version(server),
-                                                          server.details.get("source", server.kind))
-                    while True:
-                        reason = self._stop_reason(outcome, started, since_improvement, consecutive_duplicates,
-                                                   grid_size)
-                        if not reason and isinstance(sampler, optuna.samplers.GridSampler) and \
-                                sampler.is_exhausted(study) and not _waiting(study):
-                            reason = f"grid exhausted ({len(outcome.results)} distinct configs measured)"
-                        if reason:
-                            outcome.stop_reason = reason
-                            break
-                        trial = study.ask()
-                        try:
-                            result, duplicate_of = self._run_trial(trial, server, meters, by_key, outcome)
-                            self._record(study, trial, result, duplicate_of)
-                        except BaseException:
-                            # Ctrl-C or a storage error mid-trial: leave nothing RUNNING, retry it on --resume.
-                            with contextlib.suppress(Exception):
-                                study.tell(trial, state=TrialState.FAIL)
-                                study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs),
-                                                    skip_if_exists=True)
-                            raise
-                        if duplicate_of is not None:
-                            outcome.duplicates += 1
-                            consecutive_duplicates += 1
-                            continue
-                        consecutive_duplicates = 0
-                        outcome.results.append(result)
-                        by_key[self._key(result.config)] = result
-                        current = best_trial(outcome.results)
-                        current_score = score(current.measurement) if current else None
-                        if current_score is not None and (best_score is None or current_score > best_score):
-                            best_score, since_improvement = current_score, 0
-                        else:
-                            since_improvement += 1
-                        self._finish(outcome)
-                        self._emit("trial_end", {"result": result, "best": outcome.best,
-                                                 "measured": len(outcome.results), "total": settings.trials})
-                        if self.on_result is not None:
-                            self.on_result(outcome)
-                        if result.failed and not server.is_alive():
-                            raise _Restart()
-                    if settings.repeats > 1:
-                        self._repeat_top(server, meters, outcome)
-                    self._finish(outcome)
-                    if after is not None:
-                        after(server, outcome)
-                    return outcome
-            except _Restart:
-                restarts += 1
-                outcome.server_restarts = restarts
-                if restarts > MAX_SERVER_RESTARTS:
-                    raise ServerError(f"tritonserver died {restarts} times; stopping (see tritonserver.log)") from None
-                self._emit("server_restart", {"count": restarts})
-
-    def _idle_w(self, outcome: SearchOutcome) -> float | None:
-        return sum(outcome.idle_power_w.values()) if outcome.idle_power_w else None
-
-    def _measure_idle(self, server: Server, meters: list[Any], outcome: SearchOutcome) -> None:
-        """Idle power with the model's own config loaded and no load (once per server start)."""
-        if self.job.measure.idle_s <= 0 or not any(m.measures_energy for m in meters):
-            return
-        self._emit("idle", {"seconds": self.job.measure.idle_s})
+    def _key(self, config: TrialConfig) -> str | None:
+        """The effective config's identity (two knob sets that render the same model config are one); None if invalid."""
         try:
-            load_trial(server, self.job.model, self.job.base, trial_of(self.job.base), self.job.inputs)
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"the model's own config does not load, so there is no baseline: {exc}") from None
-        outcome.idle_power_w = measure_idle(server, meters, self.job.measure.idle_s)
+            return trial_of(apply_trial(self.job.base, config)).key()
+        except BadInput:
+            return None
 
-    def _repeat_top(self, server: Server, meters: list[Any], outcome: SearchOutcome) -> None:
-        """--repeats N: measure the top-k feasible configs until each has N measurements; pool their windows."""
-        job = self.job
-        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -score(r.measurement))
-        for result in ranked[: self.settings.top_k]:
-            assert result.measurement is not None
-            runs = [result.measurement]
-            for _ in range(self.settings.repeats - result.measurement.repeats):
-                self._emit("repeat", {"number": result.number, "config": result.config.describe()})
-                try:
-                    runs.append(measure_trial(server, job.model, job.base, result.config, job.load or LoadSpec(
-                        concurrency=result.measurement.load.get("concurrency", 1)), job.inputs, meters, job.measure,
-                        self.progress, self._idle_w(outcome)))
-                except (ModelLoadError, LoadGenerationError, ServerError) as exc:
-                    self._emit("repeat_failed", {"number": result.number, "reason": str(exc).splitlines()[0]})
-                    break
-            pooled = pool_measurements(runs, job.measure)
-            index = outcome.results.index(result)
-            updated = TrialResult(result.number, result.config, pooled, result.failure_reason,
-                                  violations(pooled, job.constraints))
-            outcome.results[index] = updated
-            outcome.repeated.append(result.number)
-            write_json(job.output / "trials" / f"trial-{result.number:04d}.json", {"trial": updated.to_dict()})
+    def _invalid(self, config: TrialConfig, number: int) -> TrialResult:
+        try:
+            apply_trial(self.job.base, config)
+        except BadInput as exc:
+            return TrialResult(number, config, None, failure_reason=f"invalid config: {exc}",
+                               violations=violations(None, self.job.constraints))
+        raise AssertionError("_invalid called for a valid config")
 
     @contextlib.contextmanager
-    def _server(self) -> Iterator[Server]:
-        with self.launcher.start(self.job.model_repository, self.job.output) as server:
-            yield server
-
-    def _key(self, config: TrialConfig) -> str:
-        """The effective config's identity: two knob sets that render the same model config are one config."""
-        return trial_of(apply_trial(self.job.base, config)).key()
-
-    def _stop_reason(self, outcome: SearchOutcome, started: float, since_improvement: int,
-                     consecutive_duplicates: int, grid_size: int | None) -> str:
-        settings = self.settings
-        if len(outcome.results) >= settings.trials:
-            return f"trial budget reached ({settings.trials} configs measured)"
-        if grid_size is not None and len(outcome.results) >= grid_size:
-            return f"grid exhausted ({grid_size} distinct configs)"
-        if settings.timeout_s is not None and time.monotonic() - started >= settings.timeout_s:
-            return f"timeout ({settings.timeout_s:.0f} s)"
-        if settings.patience is not None and since_improvement >= settings.patience:
-            return f"no improvement in {settings.patience} trials (--patience)"
-        if consecutive_duplicates >= MAX_CONSECUTIVE_DUPLICATES:
-            return f"space exhausted: the sampler proposed {consecutive_duplicates} measured configs in a row"
-        return ""
-
-    def _run_trial(self, trial: optuna.Trial, server: Server, meters: list[Any],
-                   by_key: dict[str, TrialResult], outcome: SearchOutcome) -> tuple[TrialResult, int | None]:
-        job = self.job
-        is_baseline = bool(trial.user_attrs.get("baseline"))
-        sampled = self.space.sample(trial)
-        config = trial_of(job.base) if is_baseline else sampled
+    def _failed_on_error(self, study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+        """Ctrl-C or a storage error mid-trial: leave nothing RUNNING, and queue the trial to retry on --resume."""
         try:
-            key = self._key(config)
-        except BadInput as exc:
-            return TrialResult(trial.number, config, None, failure_reason=f"invalid config: {exc}",
-                               violations=violations(None, job.constraints)), None
-        earlier = by_key.get(key)
-        if earlier is not None:
-            return TrialResult(trial.number, config, earlier.measurement, earlier.failure_reason,
-                               dict(earlier.violations)), earlier.number
-        self._emit("trial_start", {"number": trial.number, "config": config.describe(), "baseline": is_baseline})
-        measurement, reason = None, None
-        try:
-            if job.load is None:
-                assert job.constraints.max_p99_ms is not None
-                measurement = measure_auto_concurrency(server, job.model, job.base, config, job.constraints.max_p99_ms,
-                                                       job.inputs, meters, job.measure, progress=self.progress,
-                                                       idle_power_w=self._idle_w(outcome))
-            else:
-                measurement = measure_trial(server, job.model, job.base, config, job.load, job.inputs, meters,
-                                            job.measure, self.progress, self._idle_w(outcome))
-        except ServerDied as exc:
-            reason = f"server died: {str(exc).splitlines()[0]}"
-        except (ModelLoadError, LoadGenerationError) as exc:
-            reason = str(exc)
-        except MeterUnavailable as exc:
-            reason = f"meter failed: {exc}"
-        except ServerError as exc:
-            if not server.is_alive():
-                reason = f"server died: {str(exc).splitlines()[0]}"
-            else:
-                reason = str(exc)
-        return TrialResult(trial.number, config, measurement, reason,
-                           violations(measurement if reason is None else None, job.constraints)), None
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs), skip_if_exists=True)
+            raise
 
-    def _record(self, study: optuna.Study, trial: optuna.Trial, result: TrialResult, duplicate_of: int | None) -> None:
+    def _record(self, study: optuna.Study, trial: optuna.Trial, result: TrialResult,
+                duplicate_of: int | None = None) -> None:
         """Persist the result (JSON record, then the study) before the next trial starts."""
         try:
             if duplicate_of is None:
-                write_json(self.job.output / "trials" / f"trial-{trial.number:04d}.json", {"trial": result.to_dict()})
+                write_json(paths.trial_record_path(self.job.output, trial.number), {"trial": result.to_dict()})
                 trial.set_user_attr("result", result.to_dict())
             else:
                 trial.set_user_attr("duplicate_of", duplicate_of)
@@ -443,32 +326,61 @@ class Search:
             for name, value in result.violations.items():
                 trial.set_constraint(name, value)
             study.tell(trial, score(result.measurement) if not result.failed else 0.0)
-        except OSError as exc:
-            raise StorageError(f"cannot save trial {trial.number}: {exc.filename or ''} {exc.strerror}; search stopped") from None
-        except GreentuneError:
-            raise
-        except Exception as exc:  # the storage backend's own errors (sqlalchemy, disk full)
-            raise StorageError(f"cannot save trial {trial.number} to the study: {str(exc).splitlines()[0]}; "
-                               "search stopped") from None
+        except STORAGE_ERRORS as exc:
+            raise _storage_error(f"trial {trial.number}", exc) from None
 
-    def _finish(self, outcome: SearchOutcome) -> None:
+    def _repeat_top(self, study: optuna.Study, bench: TrialBench, outcome: SearchOutcome) -> None:
+        """--repeats N: measure the top-k feasible configs until each has N measurements; pool and save their windows."""
+        if self.settings.repeats <= 1:
+            return
+        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -score(r.measurement))
+        for result in ranked[: self.settings.top_k]:
+            assert result.measurement is not None
+            runs = [result.measurement]
+            for _ in range(self.settings.repeats - result.measurement.repeats):
+                emit(self.progress, RepeatStarted(result.number, result.config.describe()))
+                again = bench.remeasure(result)
+                if again.measurement is None or again.failed:
+                    emit(self.progress, RepeatFailed(result.number, (again.failure_reason or "").splitlines()[0]))
+                    break
+                runs.append(again.measurement)
+            pooled = pool_measurements(runs, self.job.measure)
+            updated = TrialResult(result.number, result.config, pooled, result.failure_reason,
+                                  violations(pooled, self.job.constraints))
+            outcome.results[outcome.results.index(result)] = updated
+            if result.number not in outcome.repeated:
+                outcome.repeated.append(result.number)
+            self._save_repeat(study, updated)
+
+    def _save_repeat(self, study: optuna.Study, result: TrialResult) -> None:
+        """The pooled result goes to the trial's record and to the study, so --resume never measures it again."""
+        try:
+            write_json(paths.trial_record_path(self.job.output, result.number), {"trial": result.to_dict()})
+            repeated = dict(study.user_attrs.get(REPEATED_ATTR, {}))
+            repeated[str(result.number)] = result.to_dict()
+            study.set_user_attr(REPEATED_ATTR, repeated)
+        except STORAGE_ERRORS as exc:
+            raise _storage_error(f"the repeats of trial {result.number}", exc) from None
+
+    def _publish(self, outcome: SearchOutcome, bench: TrialBench) -> None:
+        """Choose best and baseline, copy the bench's provenance, and hand the outcome to on_result."""
         outcome.best = best_trial(outcome.results)
         baselines = [r for r in outcome.results if r.config == trial_of(self.job.base)]
         outcome.baseline = min(baselines, key=lambda r: r.number) if baselines else None
+        outcome.server_restarts = bench.server_restarts
+        outcome.idle_power_w = dict(bench.idle_power_w)
+        outcome.environment = dict(bench.environment)
+        outcome.meter_details = dict(bench.meter_details)
+        if self.on_result is not None:
+            self.on_result(outcome)
 
 
-def _waiting(study: optuna.Study) -> bool:
-    """True when trials are queued (an interrupted trial to retry, or the baseline)."""
-    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+def _reuse(earlier: TrialResult, number: int) -> TrialResult:
+    """A duplicate proposal: the earlier trial's result under this trial's number."""
+    return TrialResult(number, earlier.config, earlier.measurement, earlier.failure_reason, dict(earlier.violations))
 
 
-class _Restart(Exception):
-    """The server died during a trial: restart it and go on."""
-
-
-def _meter_details(meter: Any) -> dict[str, Any]:
-    details: dict[str, Any] = {"name": meter.name}
-    for attr in ("tdp_w", "tdp_basis", "logical_cores", "idle_fraction", "cpu_model"):
-        if hasattr(meter, attr):
-            details[attr] = getattr(meter, attr)
-    return details
+def _storage_error(what: str, exc: BaseException) -> StorageError:
+    if isinstance(exc, OSError):
+        return StorageError(f"cannot save {what}: {exc.filename or ''} {exc.strerror}; search stopped")
+    return StorageError(f"cannot save {what} to the study: {str(exc).splitlines()[0]}; search stopped")

@@ -14,8 +14,9 @@ import pytest
 from tests.conftest import MODEL_REPOSITORY, triton_processes
 from tests.integration.conftest import FAST_FLAGS, run_cli, shm_regions
 from tuner.errors import ModelLoadError, ServerDied
+from tuner.events import WindowMeasured
 from tuner.load import LoadSpec
-from tuner.measure import InputSource, MeasureSettings, measure_trial
+from tuner.measure import InputSource, MeasureContext, MeasureSettings, measure_trial
 from tuner.meters.select import select_meters
 from tuner.model_config import load_model_config
 from tuner.results import TrialConfig
@@ -31,11 +32,11 @@ def test_two_configs_give_different_throughput(server):
     meters = select_meters(server)
     load = LoadSpec(concurrency=4)
     inputs = InputSource({})
-    fast = measure_trial(server, "mlp", base, TrialConfig(instance_count=1, dynamic_batching=False),
-                         load, inputs, meters, FAST)
+    ctx = MeasureContext(server, "mlp", base, inputs, meters, FAST)
+    fast = measure_trial(ctx, TrialConfig(instance_count=1, dynamic_batching=False), load)
     # A 50 ms queue delay waiting for a batch of 32 that 4 clients can never fill: a real, large slowdown.
-    slow = measure_trial(server, "mlp", base, TrialConfig(dynamic_batching=True, max_queue_delay_microseconds=50_000,
-                                                           preferred_batch_size=(32,)), load, inputs, meters, FAST)
+    slow = measure_trial(ctx, TrialConfig(dynamic_batching=True, max_queue_delay_microseconds=50_000,
+                                          preferred_batch_size=(32,)), load)
     assert fast.failure_count == 0 and slow.failure_count == 0
     assert fast.throughput_per_s.mean > 5 * slow.throughput_per_s.mean
     assert slow.p50_ms > 40
@@ -47,8 +48,8 @@ def test_two_configs_give_different_throughput(server):
 
 def test_non_batching_model_with_shape(server):
     base = load_model_config(MODEL_REPOSITORY, "mlp_nobatch")
-    m = measure_trial(server, "mlp_nobatch", base, TrialConfig(instance_count=2), LoadSpec(concurrency=2),
-                      InputSource({"INPUT": (4, 256)}), select_meters(server), FAST)
+    m = measure_trial(MeasureContext(server, "mlp_nobatch", base, InputSource({"INPUT": (4, 256)}),
+                                     select_meters(server), FAST), TrialConfig(instance_count=2), LoadSpec(concurrency=2))
     assert m.success_count > 0 and m.failure_count == 0
 
 
@@ -106,13 +107,14 @@ def test_server_killed_mid_measurement_is_detected_and_cleaned(tmp_path):
     before = shm_regions()
     with pytest.raises(ServerDied):
         with LocalLauncher().start(MODEL_REPOSITORY, tmp_path) as own:
-            def kill_on_window(event, data):
-                if event == "window":
+            def kill_on_window(event):
+                if isinstance(event, WindowMeasured):
                     os.kill(own.pid, signal.SIGKILL)
 
-            measure_trial(own, "mlp", base, TrialConfig(), LoadSpec(concurrency=2), InputSource({}),
-                          select_meters(own), MeasureSettings(warmup_s=0.2, window_s=1.0, max_windows=10,
-                                                              stability_tolerance=0.01), kill_on_window)
+            measure_trial(MeasureContext(own, "mlp", base, InputSource({}), select_meters(own),
+                                         MeasureSettings(warmup_s=0.2, window_s=1.0, max_windows=10,
+                                                         stability_tolerance=0.01), kill_on_window),
+                          TrialConfig(), LoadSpec(concurrency=2))
     assert triton_processes() == []
     assert shm_regions() <= before
 

@@ -11,11 +11,12 @@ import pytest
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, h100_trace
 from tuner.errors import BadInput, MeterUnavailable
 from tuner.meters import nvml as nvml_meter
-from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL, ProcessTreeProbe
+from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL
 from tuner.meters.nvml import NvmlMeter
 from tuner.meters.rapl import RaplMeter, delta_uj, find_domains
 from tuner.meters.select import select_meters
 from tuner.server.base import Server
+from tuner.server.probes import ProcessTreeProbe
 
 WINDOW_S = 2.0
 

@@ -7,7 +7,8 @@ import re
 import time
 from pathlib import Path
 
-from tuner.meters.base import SOURCE_ESTIMATED, Reading, ResourceProbe
+from tuner.meters.base import SOURCE_ESTIMATED, Reading
+from tuner.server.probes import ResourceProbe
 
 DEFAULT_WATTS_PER_CORE = 10.0
 IDLE_FRACTION_OF_TDP = 0.2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from tuner.meters.base import Reading, ResourceProbe
+from tuner.meters.base import Reading
+from tuner.server.probes import ResourceProbe
 
 SAMPLE_INTERVAL_S = 0.2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuner.errors import BadInput, MeterUnavailable
@@ -64,3 +65,16 @@ def select_meters(
     if probe is not None:
         meters.append(MemoryMeter(probe))
     return meters
+
+
+@dataclass(frozen=True)
+class MeterChoice:
+    """--energy-meter, --cpu-tdp-watts and --gpus: which meters a server gets (picked again for each server)."""
+
+    energy_meter: str = "auto"
+    cpu_tdp_watts: float | None = None
+    gpus: list[int] | None = None
+
+    def select(self, server: Server) -> list[Meter]:
+        """The meters for this server (see select_meters)."""
+        return select_meters(server, self.energy_meter, self.cpu_tdp_watts, self.gpus)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner import paths
 from tuner.errors import BadInput
 from tuner.objective import pareto_front, score
 from tuner.results import TrialResult
@@ -60,15 +61,15 @@ class ReportData:
 def load_report_data(output_dir: Path) -> ReportData:
     """Read OUTPUT/summary.json and OUTPUT/trials/*.json (and the study, for parameter importance)."""
     output_dir = Path(output_dir)
-    summary_path = output_dir / "summary.json"
+    summary_path = paths.summary_path(output_dir)
     if not summary_path.exists():
-        raise BadInput(f"{output_dir}: no summary.json here; give the --output folder of a greentune search")
+        raise BadInput(f"{output_dir}: no {paths.SUMMARY} here; give the --output folder of a greentune search")
     try:
         summary = json.loads(summary_path.read_text())
     except json.JSONDecodeError as exc:
         raise BadInput(f"{summary_path}: not valid JSON ({exc.msg})") from None
     results = []
-    for path in sorted((output_dir / "trials").glob("trial-*.json")):
+    for path in paths.trial_record_paths(output_dir):
         try:
             results.append(TrialResult.from_dict(json.loads(path.read_text())["trial"]))
         except (json.JSONDecodeError, KeyError):

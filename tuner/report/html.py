@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuner import paths
 from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
@@ -154,6 +155,6 @@ energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
 
 def write_html_report(data: ReportData) -> Path:
     """Write OUTPUT/report.html atomically."""
-    path = data.output_dir / "report.html"
+    path = paths.report_paths(data.output_dir)[0]
     atomic_write(path, render_html(data))
     return path

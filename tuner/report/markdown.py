@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
+from tuner import paths
 from tuner.fileio import atomic_write
 from tuner.model_config import ModelConfig, apply_trial, to_text
 from tuner.objective import score
@@ -68,7 +69,7 @@ def _memory_source(data: ReportData) -> str:
 
 def write_markdown_report(data: ReportData) -> list[Path]:
     """Write OUTPUT/report.md and OUTPUT/pareto.png."""
-    png = plots.pareto_png(data, data.output_dir / "pareto.png") if data.results else None
-    path = data.output_dir / "report.md"
+    _, path, png_path = paths.report_paths(data.output_dir)
+    png = plots.pareto_png(data, png_path) if data.results else None
     atomic_write(path, render_markdown(data, png.name if png else None))
     return [path] + ([png] if png else [])

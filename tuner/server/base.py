@@ -6,7 +6,9 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from tuner.server.probes import ResourceProbe
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,7 @@ class Server:
     log_path: Path | None = None
     kind: str = "local"
     details: dict[str, str] = field(default_factory=dict)
-    probe: Any = None  # a meters.base.ResourceProbe where the server's CPU time and memory can be read
+    probe: ResourceProbe | None = None  # where the server's CPU time and memory can be read
     alive: Callable[[], bool] | None = None  # overrides the pid check (containers)
     log_reader: Callable[[int], str] | None = None  # overrides reading log_path (containers)
 

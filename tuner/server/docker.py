@@ -13,6 +13,7 @@ from typing import Any
 from tuner.errors import BadInput, ServerStartError
 from tuner.server.base import Server
 from tuner.server.local import triton_args, wait_ready
+from tuner.server.probes import ContainerProbe
 from tuner.server.process import free_ports, port_in_use, signals_deferred
 
 # NVIDIA's Triton image; the one place the default release is named.
@@ -46,31 +47,6 @@ def docker_client(docker_host: str | None = None) -> Any:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
-
-
-class ContainerProbe:
-    """CPU time and memory of a container, from the Engine API's stats."""
-
-    memory_source = "container memory (Docker stats)"
-    pids_visible = False
-
-    def __init__(self, container: Any) -> None:
-        self.container = container
-
-    def _stats(self) -> dict[str, Any]:
-        return dict(self.container.stats(stream=False))
-
-    def cpu_seconds(self) -> float:
-        """Cumulative CPU seconds of every process in the container."""
-        return float(self._stats().get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage", 0)) / 1e9
-
-    def memory_mb(self) -> float:
-        """The container's memory usage in MB."""
-        return float(self._stats().get("memory_stats", {}).get("usage", 0)) / 1e6
-
-    def pids(self) -> set[int]:
-        """Host pids are not visible through the API."""
-        return set()
 
 
 class DockerLauncher:

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuner.errors import ServerStartError
-from tuner.meters.base import ProcessTreeProbe
 from tuner.server.base import Server
 from tuner.server.embedded import TritonInstall, find_triton
+from tuner.server.probes import ProcessTreeProbe
 from tuner.server.process import (
     check_ports,
     free_ports,

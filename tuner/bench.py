@@ -1,0 +1,233 @@
+"""The bench: one live Triton server with its meters, idle power, request inputs and load policy.
+
+search, measure and export all go through it: `with Bench(...) as bench: bench.measure(config, number)`.
+A server that dies is the bench's concern: the trial it killed comes back as a failed TrialResult, and the
+next measurement starts a fresh server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from tuner.errors import LoadGenerationError, MeterUnavailable, ModelLoadError, ServerDied, ServerError
+from tuner.events import IdleMeasuring, Progress, ServerRestarted, emit
+from tuner.load import LoadSpec
+from tuner.measure import (
+    InputSource,
+    MeasureContext,
+    MeasureSettings,
+    load_trial,
+    measure_auto_concurrency,
+    measure_idle,
+    measure_loaded,
+    measure_trial,
+)
+from tuner.meters.base import Meter
+from tuner.meters.select import MeterChoice
+from tuner.model_config import ModelConfig, trial_of
+from tuner.objective import Constraints, violations
+from tuner.results import Measurement, TrialConfig, TrialResult
+from tuner.server.base import Server, ServerLauncher
+
+MAX_SERVER_RESTARTS = 3
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """How every config is driven: the fixed load in `spec`, or auto: the highest concurrency whose p99 stays
+    within auto_max_p99_ms. The spec always carries the request timeout; under auto it is the template of
+    every probe and measurement."""
+
+    spec: LoadSpec
+    auto_max_p99_ms: float | None = None
+
+    @classmethod
+    def auto(cls, max_p99_ms: float, request_timeout_s: float) -> LoadPolicy:
+        """--concurrency auto under --max-p99-ms, with --request-timeout for every request."""
+        return cls(LoadSpec(concurrency=1, request_timeout_s=request_timeout_s), max_p99_ms)
+
+    def describe(self) -> dict[str, Any]:
+        """How load is applied, for the study's settings and the report."""
+        if self.auto_max_p99_ms is not None:
+            return {"mode": "auto", "max_p99_ms": self.auto_max_p99_ms}
+        return self.spec.describe()
+
+
+class TrialBench(Protocol):
+    """What the search loop needs from a bench (the real Bench, or a fake in tests)."""
+
+    server_restarts: int
+    idle_power_w: dict[str, float]
+    environment: dict[str, Any]
+    meter_details: dict[str, Any]
+
+    def measure(self, config: TrialConfig, number: int) -> TrialResult:
+        """Measure a config under the load policy; failures come back as a failed TrialResult."""
+        ...
+
+    def remeasure(self, result: TrialResult) -> TrialResult:
+        """Measure a measured config again at the load it was measured at (for --repeats)."""
+        ...
+
+
+class Bench:
+    """One live server (restarted when it dies), its meters, idle power, inputs, load policy and progress callback."""
+
+    def __init__(
+        self,
+        launcher: ServerLauncher,
+        model_repository: Path,
+        model: str,
+        base: ModelConfig,
+        output: Path,
+        inputs: InputSource,
+        load: LoadPolicy | None = None,
+        settings: MeasureSettings | None = None,
+        constraints: Constraints | None = None,
+        meters: MeterChoice | None = None,
+        progress: Progress | None = None,
+        idle_config: TrialConfig | None = None,
+    ) -> None:
+        self.launcher = launcher
+        self.model_repository = Path(model_repository)
+        self.model = model
+        self.base = base
+        self.output = Path(output)
+        self.inputs = inputs
+        self.load = load or LoadPolicy(LoadSpec())
+        self.settings = settings or MeasureSettings(idle_s=0)
+        self.constraints = constraints or Constraints()
+        self.meter_choice = meters  # None: no meters (export only loads and smoke-tests)
+        self.progress = progress
+        self.idle_config = idle_config  # loaded while idle power is measured (default: the model's own config)
+        self.server_restarts = 0
+        self.idle_power_w: dict[str, float] = {}
+        self.environment: dict[str, Any] = {}
+        self.meter_details: dict[str, Any] = {}
+        self.meters: list[Meter] = []
+        self._server_stack = contextlib.ExitStack()
+        self._context: MeasureContext | None = None
+        self._preloaded: tuple[str, list[Any]] | None = None  # the idle config, still loaded, and its inputs
+
+    def __enter__(self) -> Bench:
+        try:
+            self._start()
+        except BaseException:
+            self._server_stack.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._server_stack.close()
+
+    @property
+    def server(self) -> Server:
+        """The live server."""
+        return self._ctx().server
+
+    def _ctx(self) -> MeasureContext:
+        if self._context is None:
+            raise RuntimeError("the bench is not started: use `with Bench(...) as bench:`")
+        return self._context
+
+    def _start(self) -> None:
+        """Start a server, pick its meters, measure idle power, record where it runs."""
+        server = self._server_stack.enter_context(self.launcher.start(self.model_repository, self.output))
+        self.meters = self.meter_choice.select(server) if self.meter_choice is not None else []
+        for meter in self.meters:
+            self._server_stack.callback(meter.close)
+        self.meter_details = {m.name: _meter_details(m) for m in self.meters}
+        context = MeasureContext(server, self.model, self.base, self.inputs, self.meters, self.settings,
+                                 self.progress)
+        self.idle_power_w = self._measure_idle(context)
+        self._context = replace(context, idle_power_w=sum(self.idle_power_w.values()) if self.idle_power_w else None)
+        if not self.environment:
+            from tuner.provenance import environment
+            from tuner.server import control
+
+            self.environment = environment(control.server_version(server), server.details.get("source", server.kind))
+
+    def _measure_idle(self, context: MeasureContext) -> dict[str, float]:
+        """Idle power per domain with the idle config loaded and no load (once per server start)."""
+        if self.settings.idle_s <= 0 or not any(m.measures_energy for m in self.meters):
+            return {}
+        config = self.idle_config or trial_of(self.base)
+        try:
+            samples = load_trial(context, config)
+        except ModelLoadError as exc:
+            if self.idle_config is not None:
+                raise
+            raise ModelLoadError(f"the model's own config does not load, so there is no baseline: {exc}") from None
+        emit(self.progress, IdleMeasuring(self.settings.idle_s))
+        idle = measure_idle(context.server, self.meters, self.settings.idle_s)
+        self._preloaded = (config.key(), samples)
+        return idle
+
+    def _ensure_alive(self) -> None:
+        """Start a fresh server when the last one died (at most MAX_SERVER_RESTARTS times)."""
+        if self._ctx().server.is_alive():
+            return
+        self._server_stack.close()
+        self._context, self._preloaded = None, None
+        self.server_restarts += 1
+        if self.server_restarts > MAX_SERVER_RESTARTS:
+            raise ServerError(f"tritonserver died {self.server_restarts} times; stopping (see tritonserver.log)")
+        emit(self.progress, ServerRestarted(self.server_restarts))
+        self._start()
+
+    def measure(self, config: TrialConfig, number: int) -> TrialResult:
+        """Measure a config under the load policy; a refused config, failed requests or a dead server fail the trial."""
+        return self._trial(config, number, None)
+
+    def remeasure(self, result: TrialResult) -> TrialResult:
+        """Measure a measured config again at the concurrency it was measured at (auto does not probe again)."""
+        concurrency = result.measurement.load.get("concurrency") if result.measurement is not None else None
+        return self._trial(result.config, result.number, concurrency)
+
+    def _trial(self, config: TrialConfig, number: int, concurrency: int | None) -> TrialResult:
+        self._ensure_alive()
+        measurement, reason = None, None
+        try:
+            measurement = self._measure(config, concurrency)
+        except ServerDied as exc:
+            reason = f"server died: {str(exc).splitlines()[0]}"
+        except (ModelLoadError, LoadGenerationError) as exc:
+            reason = str(exc)
+        except MeterUnavailable as exc:
+            reason = f"meter failed: {exc}"
+        except ServerError as exc:
+            reason = f"server died: {str(exc).splitlines()[0]}" if not self.server.is_alive() else str(exc)
+        return TrialResult(number, config, measurement, reason,
+                           violations(measurement if reason is None else None, self.constraints))
+
+    def _measure(self, config: TrialConfig, concurrency: int | None) -> Measurement:
+        context, load = self._ctx(), self.load
+        preloaded, self._preloaded = self._preloaded, None
+        if load.auto_max_p99_ms is not None and concurrency is None:
+            return measure_auto_concurrency(context, config, load.spec, load.auto_max_p99_ms)
+        spec = load.spec if concurrency is None or load.auto_max_p99_ms is None else replace(
+            load.spec, concurrency=concurrency, request_rate_per_s=None)
+        if preloaded is not None and preloaded[0] == config.key():
+            return measure_loaded(context, config, spec, preloaded[1])
+        return measure_trial(context, config, spec)
+
+    def export(self, config: TrialConfig, path: Path) -> Path:
+        """Load the config, answer one smoke inference, then write it to path atomically."""
+        from tuner.export import export_config
+
+        self._ensure_alive()
+        self._preloaded = None
+        return export_config(self._ctx(), config, path)
+
+
+def _meter_details(meter: Meter) -> dict[str, Any]:
+    details: dict[str, Any] = {"name": meter.name}
+    for attr in ("tdp_w", "tdp_basis", "logical_cores", "idle_fraction", "cpu_model"):
+        if hasattr(meter, attr):
+            details[attr] = getattr(meter, attr)
+    return details

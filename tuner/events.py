@@ -1,0 +1,110 @@
+"""Progress events: small frozen values the library reports through a callback and only the CLI renders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuner.results import TrialResult
+
+
+@dataclass(frozen=True)
+class ModelLoading:
+    """A config is being loaded into the server."""
+
+    config: str
+
+
+@dataclass(frozen=True)
+class IdleMeasuring:
+    """Idle power is being measured (server up, model loaded, no load) for this long."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WarmingUp:
+    """Requests run unmeasured for this long before the first window."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WindowMeasured:
+    """One measurement window finished."""
+
+    index: int
+    max_windows: int
+    throughput_per_s: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class ConcurrencyProbed:
+    """--concurrency auto tried one concurrency."""
+
+    concurrency: int
+    throughput_per_s: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class TrialStarted:
+    """The search starts measuring a trial."""
+
+    number: int
+    config: str
+    baseline: bool
+
+
+@dataclass(frozen=True)
+class TrialFinished:
+    """A trial was measured (or failed) and saved; best is the best feasible trial so far."""
+
+    result: TrialResult
+    best: TrialResult | None
+    measured: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ServerRestarted:
+    """The server died during a trial and was started again (count: restarts so far)."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class TrialsRecovered:
+    """Trials left running by a killed earlier run were marked failed and queued again."""
+
+    count: int
+
+
+@dataclass(frozen=True)
+class RepeatStarted:
+    """--repeats: a top config is measured once more."""
+
+    number: int
+    config: str
+
+
+@dataclass(frozen=True)
+class RepeatFailed:
+    """--repeats: a repeat measurement failed; the runs so far are pooled."""
+
+    number: int
+    reason: str
+
+
+Event = (ModelLoading | IdleMeasuring | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
+         | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed)
+Progress = Callable[[Event], None]
+
+
+def emit(progress: Progress | None, event: Event) -> None:
+    """Report an event when someone listens."""
+    if progress is not None:
+        progress(event)

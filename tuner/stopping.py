@@ -1,0 +1,67 @@
+"""When a search stops: every stopping rule and its counter, each stated once with its one message. Pure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tuner.objective import best_trial, score
+from tuner.results import TrialResult
+
+MAX_CONSECUTIVE_DUPLICATES = 40
+MAX_CONSECUTIVE_FAILURES = 10
+
+
+class Stopping:
+    """Trial budget, wall-time budget, patience, grid exhausted, and too many duplicates or failures in a row."""
+
+    def __init__(self, trials: int, timeout_s: float | None = None, patience: int | None = None,
+                 grid_size: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 results: list[TrialResult] | None = None) -> None:
+        self.trials = trials
+        self.timeout_s = timeout_s
+        self.patience = patience
+        self.grid_size = grid_size
+        self.clock = clock
+        self.started = clock()
+        self.measured = len(results or [])
+        self.since_improvement = 0
+        self.consecutive_duplicates = 0
+        self.consecutive_failures = 0
+        self.best_score = _best_score(results or [])
+
+    def record_measured(self, result: TrialResult, results: list[TrialResult]) -> None:
+        """A config was measured (or failed); `results` holds every measured result, this one included."""
+        self.measured += 1
+        self.consecutive_duplicates = 0
+        self.consecutive_failures = self.consecutive_failures + 1 if result.failed else 0
+        current = _best_score(results)
+        if current is not None and (self.best_score is None or current > self.best_score):
+            self.best_score, self.since_improvement = current, 0
+        else:
+            self.since_improvement += 1
+
+    def record_duplicate(self) -> None:
+        """The sampler proposed a config that was already measured (its result was reused)."""
+        self.consecutive_duplicates += 1
+
+    def reason(self, sampler_exhausted: bool = False) -> str | None:
+        """Why the search stops now, or None to ask for another trial."""
+        if self.measured >= self.trials:
+            return f"trial budget reached ({self.trials} configs measured)"
+        if sampler_exhausted or (self.grid_size is not None and self.measured >= self.grid_size):
+            return f"grid exhausted ({self.measured} distinct configs measured)"
+        if self.timeout_s is not None and self.clock() - self.started >= self.timeout_s:
+            return f"timeout ({self.timeout_s:.0f} s)"
+        if self.patience is not None and self.since_improvement >= self.patience:
+            return f"no improvement in {self.patience} trials (--patience)"
+        if self.consecutive_duplicates >= MAX_CONSECUTIVE_DUPLICATES:
+            return f"space exhausted: the sampler proposed {self.consecutive_duplicates} measured configs in a row"
+        if self.consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            return f"{self.consecutive_failures} trials in a row failed (see failure_reason in trials.csv)"
+        return None
+
+
+def _best_score(results: list[TrialResult]) -> float | None:
+    best = best_trial(results)
+    return score(best.measurement) if best is not None and best.measurement is not None else None
