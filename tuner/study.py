@@ -211,10 +211,18 @@ def recover_interrupted(study: optuna.Study) -> int:
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == "baseline"},
-                            skip_if_exists=True)
+        requeue(study, trial.params, {k: v for k, v in trial.user_attrs.items() if k == "baseline"})
         count += 1
     return count
+
+
+def requeue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
+    """Queue an interrupted trial's params to be asked again, unless they are queued already.
+
+    (Optuna's skip_if_exists would also skip them because the failed trial itself has them.)"""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not any(t.system_attrs.get("fixed_params", t.params) == params for t in waiting):
+        study.enqueue_trial(params, user_attrs=user_attrs)
 
 
 class Search:
@@ -310,7 +318,7 @@ class Search:
         except BaseException:
             with contextlib.suppress(Exception):
                 study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs=dict(trial.user_attrs), skip_if_exists=True)
+                requeue(study, trial.params, {k: v for k, v in trial.user_attrs.items() if k == "baseline"})
             raise
 
     def _record(self, study: optuna.Study, trial: optuna.Trial, result: TrialResult,
