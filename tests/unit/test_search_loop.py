@@ -33,6 +33,7 @@ knobs:
 """
 TWO_CONFIGS = "knobs:\n  instance_count: {type: int, low: 1, high: 2}\n"
 BASE = load_model_config(MODEL_REPOSITORY, "mlp")
+NO_CONSTRAINTS = Constraints()
 
 
 def efficiency(config: TrialConfig) -> float:
@@ -58,7 +59,7 @@ def fake_measurement(config: TrialConfig, ipj: float, load: dict | None = None) 
 class FakeBench:
     """Stands in for tuner.bench.Bench: measures instantly from `efficiency`, fails or 'dies' where told to."""
 
-    def __init__(self, constraints: Constraints = Constraints(), ipj=efficiency, refuse=lambda c: False,
+    def __init__(self, constraints: Constraints = NO_CONSTRAINTS, ipj=efficiency, refuse=lambda c: False,
                  die_on_call: int | None = None, interrupt_on_call: int | None = None, clock=None) -> None:
         self.constraints = constraints
         self.ipj = ipj
@@ -103,7 +104,7 @@ class Clock:
         return self.now
 
 
-def make_job(tmp_path, space: str = CPU_SPACE, constraints: Constraints = Constraints()) -> SearchJob:
+def make_job(tmp_path, space: str = CPU_SPACE, constraints: Constraints = NO_CONSTRAINTS) -> SearchJob:
     return SearchJob(model_repository=MODEL_REPOSITORY, model="mlp", base=BASE,
                      space=parse_space(yaml.safe_load(space), "test-space.yaml"), constraints=constraints,
                      load=LoadPolicy(LoadSpec(concurrency=4)), inputs=InputSource({}), measure=MeasureSettings(),
