@@ -6,9 +6,12 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuner.meters.base import SOURCE_ESTIMATED, Reading
-from tuner.server.probes import ResourceProbe
+
+if TYPE_CHECKING:
+    from tuner.server.probes import ResourceProbe
 
 DEFAULT_WATTS_PER_CORE = 10.0
 IDLE_FRACTION_OF_TDP = 0.2

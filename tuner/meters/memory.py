@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from tuner.meters.base import Reading
-from tuner.server.probes import ResourceProbe
+
+if TYPE_CHECKING:
+    from tuner.server.probes import ResourceProbe
 
 SAMPLE_INTERVAL_S = 0.2
 

@@ -6,9 +6,10 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from tuner.server.probes import ResourceProbe
+if TYPE_CHECKING:
+    from tuner.server.probes import ResourceProbe
 
 
 @dataclass(frozen=True)

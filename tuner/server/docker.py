@@ -138,23 +138,19 @@ class DockerLauncher:
                        docker.types.DeviceRequest(device_ids=[str(g) for g in self.gpus or []], capabilities=[["gpu"]]))
             kwargs["device_requests"] = [request]
         log_path = output_dir / "tritonserver.log"
-        try:
-            with signals_deferred():
-                container = client.containers.run(self.image, command, **kwargs)
-        except docker.errors.APIError as exc:
-            _remove_by_label(client, run_id)
-            raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
-        try:
-            server = self._server(container, ports, log_path)
-            _wait_container_ready(server, container, self.ready_timeout_s)
+        with contextlib.ExitStack() as cleanup:
+            started: list[Any] = []
+            # Registered before the container exists: a signal held during containers.run is re-raised after it
+            # returns, and this callback then removes the container instead of orphaning it.
+            cleanup.callback(_remove_run, client, run_id, started, log_path)
+            try:
+                with signals_deferred():
+                    started.append(client.containers.run(self.image, command, **kwargs))
+            except docker.errors.APIError as exc:
+                raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
+            server = self._server(started[0], ports, log_path)
+            _wait_container_ready(server, started[0], self.ready_timeout_s)
             yield server
-        finally:
-            with signals_deferred():
-                _save_log(container, log_path)
-                with contextlib.suppress(docker.errors.DockerException):
-                    container.remove(force=True)
-                _remove_by_label(client, run_id)
-                client.close()
 
     def _server(self, container: Any, ports: dict[str, int], log_path: Path) -> Server:
         def alive() -> bool:
@@ -200,6 +196,19 @@ def _wait_container_ready(server: Server, container: Any, timeout_s: float) -> N
             continue
     raise ServerStartError(f"Triton in the container was not ready after {timeout_s:.0f} s; last log lines:\n"
                            f"{server.log_tail(10)}")
+
+
+def _remove_run(client: Any, run_id: str, started: list[Any], log_path: Path) -> None:
+    """Save the container's log and remove it (and anything else with this run's label), signals held."""
+    import docker.errors
+
+    with signals_deferred():
+        for container in started:
+            _save_log(container, log_path)
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+        _remove_by_label(client, run_id)
+        client.close()
 
 
 def _save_log(container: Any, path: Path) -> None:

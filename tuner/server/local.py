@@ -72,33 +72,40 @@ class LocalLauncher:
         env = {**os.environ, **install.env}
         if self.gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in self.gpus)
-        with signals_deferred(), open(log_path, "ab") as log:
-            # Started and recorded with Ctrl-C held, so an interrupt cannot fall between the two.
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        with contextlib.ExitStack() as cleanup:
+            pid_files: list[Path] = []
+            with signals_deferred(), open(log_path, "ab") as log:
+                # Started and recorded with Ctrl-C held, so an interrupt cannot fall between the two; the stop is
+                # registered before the held signal is re-raised, so a signal during Popen cannot orphan the server.
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+                )
+                cleanup.callback(_stop, proc, pid_files)
+                pid_files.append(write_pid_file(state_dir, proc.pid, str(install.binary)))
+            server = Server(
+                grpc_url=f"127.0.0.1:{grpc_port}",
+                http_url=f"http://127.0.0.1:{http_port}",
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                pid=proc.pid,
+                log_path=log_path,
+                kind="local",
+                details={"binary": str(install.binary), "source": install.source},
+                probe=ProcessTreeProbe(proc.pid),
             )
-            pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
-        server = Server(
-            grpc_url=f"127.0.0.1:{grpc_port}",
-            http_url=f"http://127.0.0.1:{http_port}",
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-            pid=proc.pid,
-            log_path=log_path,
-            kind="local",
-            details={"binary": str(install.binary), "source": install.source},
-            probe=ProcessTreeProbe(proc.pid),
-        )
-        try:
             wait_ready(server, self.ready_timeout_s, proc)
             yield server
-        finally:
-            with signals_deferred():
-                stop_group(proc.pid)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-                pid_file.unlink(missing_ok=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], pid_files: list[Path]) -> None:
+    """Stop the server's whole process group (signals held meanwhile) and forget its pid file."""
+    with signals_deferred():
+        stop_group(proc.pid)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        for pid_file in pid_files:
+            pid_file.unlink(missing_ok=True)
 
 
 def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
