@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import json_format, text_format
 
 from tuner.errors import BadInput
-from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOBS, TrialConfig, normalize_kind
+from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, TrialConfig, normalize_kind
 
 PB2_MODULE = "tritonclient.grpc.model_config_pb2"
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 else:
     ModelConfig = model_config_pb2.ModelConfig
 
-MAX_BATCH_SIZE_LIMIT = 1 << 16
+MAX_BATCH_SIZE_LIMIT = KNOB_SPECS["max_batch_size"].high
 
 
 def model_dir(model_repository: Path, model: str) -> Path:
@@ -112,8 +112,9 @@ def apply_trial(base: ModelConfig, trial: TrialConfig) -> ModelConfig:
 def validate_trial(base: ModelConfig, trial: TrialConfig) -> None:
     """Raise BadInput naming the knob when the trial cannot apply to this model."""
     name = base.name or "model"
-    if trial.instance_count is not None and not 1 <= trial.instance_count <= 256:
-        raise BadInput(f"instance_count: expected an integer from 1 to 256, got {trial.instance_count}")
+    count = KNOB_SPECS["instance_count"]
+    if trial.instance_count is not None and not count.in_range(trial.instance_count):
+        raise BadInput(f"instance_count: expected an integer from {count.low} to {count.high}, got {trial.instance_count}")
     if trial.instance_kind is not None and trial.instance_kind not in INSTANCE_KINDS:
         raise BadInput(f"instance_kind: expected one of {', '.join(INSTANCE_KINDS)}, got {trial.instance_kind}")
     batching_knobs = {k: v for k, v in trial.knobs().items() if k in BATCHING_KNOBS}
@@ -122,16 +123,17 @@ def validate_trial(base: ModelConfig, trial: TrialConfig) -> None:
         raise BadInput(
             f"{knob}: model {name} has max_batch_size: 0 (it does not batch), so batching knobs are not valid for it"
         )
-    if trial.max_batch_size is not None and not 1 <= trial.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+    if trial.max_batch_size is not None and not KNOB_SPECS["max_batch_size"].in_range(trial.max_batch_size):
         raise BadInput(f"max_batch_size: expected 1 to {MAX_BATCH_SIZE_LIMIT}, got {trial.max_batch_size}")
     batching_on = trial.dynamic_batching if trial.dynamic_batching is not None else base.HasField("dynamic_batching")
     if not batching_on and (trial.max_queue_delay_microseconds is not None or trial.preferred_batch_size):
         raise BadInput(
             "max_queue_delay_microseconds/preferred_batch_size: only valid with dynamic_batching=true"
         )
-    if trial.max_queue_delay_microseconds is not None and not 0 <= trial.max_queue_delay_microseconds <= 10_000_000:
+    delay = KNOB_SPECS["max_queue_delay_microseconds"]
+    if trial.max_queue_delay_microseconds is not None and not delay.in_range(trial.max_queue_delay_microseconds):
         raise BadInput(
-            f"max_queue_delay_microseconds: expected 0 to 10000000, got {trial.max_queue_delay_microseconds}"
+            f"max_queue_delay_microseconds: expected {delay.low} to {delay.high}, got {trial.max_queue_delay_microseconds}"
         )
     if trial.preferred_batch_size:
         limit = trial.max_batch_size if trial.max_batch_size is not None else base.max_batch_size
@@ -199,10 +201,5 @@ def parse_set_options(items: tuple[str, ...] | list[str]) -> TrialConfig:
             else:
                 knobs[name] = int(raw)
         except ValueError:
-            hint = {
-                "dynamic_batching": "true or false",
-                "instance_kind": "cpu, gpu or auto",
-                "preferred_batch_size": "comma-separated integers, e.g. 4,8",
-            }.get(name, "an integer")
-            raise BadInput(f"--set {item}: expected {hint}") from None
+            raise BadInput(f"--set {item}: expected {KNOB_SPECS[name].set_hint}") from None
     return TrialConfig.from_knobs(knobs)

@@ -19,16 +19,39 @@ for _df in range(11, 31):
     T95.setdefault(_df, T95[max(k for k in T95 if k <= _df)])
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
-# The server knobs greentune tunes (TrialConfig's fields), and those that only apply to batching models.
-KNOBS = (
-    "instance_count",
-    "instance_kind",
-    "max_batch_size",
-    "dynamic_batching",
-    "max_queue_delay_microseconds",
-    "preferred_batch_size",
+
+
+@dataclass(frozen=True)
+class KnobSpec:
+    """One server knob greentune tunes: its search-space type, valid range, and when it applies."""
+
+    name: str
+    space_type: str  # the type a search-space YAML gives it by default: int, pow2, bool or choice
+    low: int = 0  # smallest valid value (int and pow2 knobs)
+    high: int = 0  # largest valid value
+    batching: bool = False  # only for models that batch (max_batch_size > 0)
+    needs: str | None = None  # only applies while this bool knob is on
+    set_hint: str = "an integer"  # what `--set NAME=VALUE` takes
+
+    def in_range(self, value: int) -> bool:
+        """True when value lies in [low, high]."""
+        return self.low <= value <= self.high
+
+
+# The knob table, the one place knobs are defined: TrialConfig's fields (same order), the space schema, the
+# validator, --set and trials.csv's columns all read it.
+KNOB_TABLE = (
+    KnobSpec("instance_count", "int", 1, 256),
+    KnobSpec("instance_kind", "choice", set_hint="cpu, gpu or auto"),
+    KnobSpec("max_batch_size", "pow2", 1, 1 << 16, batching=True),
+    KnobSpec("dynamic_batching", "bool", batching=True, set_hint="true or false"),
+    KnobSpec("max_queue_delay_microseconds", "int", 0, 10_000_000, batching=True, needs="dynamic_batching"),
+    KnobSpec("preferred_batch_size", "pow2", 1, 1 << 16, batching=True, needs="dynamic_batching",
+             set_hint="comma-separated integers, e.g. 4,8"),
 )
-BATCHING_KNOBS = ("max_batch_size", "dynamic_batching", "max_queue_delay_microseconds", "preferred_batch_size")
+KNOB_SPECS = {spec.name: spec for spec in KNOB_TABLE}
+KNOBS = tuple(spec.name for spec in KNOB_TABLE)
+BATCHING_KNOBS = tuple(spec.name for spec in KNOB_TABLE if spec.batching)
 
 
 def normalize_kind(value: object) -> str | None:

@@ -11,22 +11,14 @@ from typing import Any, Protocol
 import yaml
 
 from tuner.errors import BadInput
-from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOBS, TrialConfig, normalize_kind
+from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, TrialConfig, normalize_kind
 
-# The type each knob allows in the YAML, and the condition it always carries.
-KNOB_TYPES = {
-    "instance_count": ("int", "fixed"),
-    "instance_kind": ("choice", "fixed"),
-    "max_batch_size": ("pow2", "fixed"),
-    "dynamic_batching": ("bool", "fixed"),
-    "max_queue_delay_microseconds": ("int", "fixed"),
-    "preferred_batch_size": ("pow2", "fixed"),
-}
-IMPLIED_CONDITION = {"max_queue_delay_microseconds": "dynamic_batching", "preferred_batch_size": "dynamic_batching"}
+# The condition a knob always carries (from the knob table).
+IMPLIED_CONDITION = {spec.name: spec.needs for spec in KNOB_SPECS.values() if spec.needs is not None}
 CONSTRAINT_KEYS = ("min_throughput", "max_p99_ms", "max_memory_mb")
 TOP_KEYS = ("version", "description", "knobs", "constraints")
 KNOB_KEYS = ("type", "low", "high", "step", "log", "choices", "value", "when")
-POW2_LIMIT = 1 << 16
+POW2_LIMIT = KNOB_SPECS["max_batch_size"].high
 
 
 class TrialLike(Protocol):
@@ -246,7 +238,7 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
         raise BadInput(f"{where}.when: {name} only applies when {IMPLIED_CONDITION[name]} is on; got {when!r}")
     if "value" in raw:
         return Knob(name, "fixed", value=_check_fixed(name, raw["value"], where), when=when)
-    natural = KNOB_TYPES[name][0]
+    natural = KNOB_SPECS[name].space_type
     kind = raw.get("type", natural)
     allowed = {natural, "choice"} if name != "dynamic_batching" else {"bool"}
     if not isinstance(kind, str) or kind not in allowed:
@@ -280,8 +272,7 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
         raise BadInput(f"{where}.log: expected true or false, got {log!r}")
     if log and (low < 1 or step != 1):
         raise BadInput(f"{where}.log: log scale needs low >= 1 and step 1")
-    minimum = 1 if name == "instance_count" else 0
-    maximum = 256 if name == "instance_count" else 10_000_000
+    minimum, maximum = KNOB_SPECS[name].low, KNOB_SPECS[name].high
     if low < minimum or high > maximum:
         raise BadInput(f"{where}: expected values from {minimum} to {maximum}, got {low}..{high}")
     if (high - low) % step:
@@ -299,9 +290,9 @@ def _check_fixed(name: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise BadInput(f"{where}: expected true or false, got {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name != "max_queue_delay_microseconds" else 0):
+    if isinstance(value, bool) or not isinstance(value, int) or value < KNOB_SPECS[name].low:
         raise BadInput(f"{where}: expected a positive integer, got {value!r}")
-    if name in ("max_batch_size", "preferred_batch_size") and value & (value - 1):
+    if KNOB_SPECS[name].space_type == "pow2" and value & (value - 1):
         raise BadInput(f"{where}: expected a power of two, got {value}")
     return value
 
