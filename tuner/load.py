@@ -95,7 +95,6 @@ class LoadGenerator:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: grpcaio.InferenceServerClient | None = None
         self._inputs = [self.make_inputs(s) for s in samples]
-        self._outstanding = 0
 
     @staticmethod
     def make_inputs(sample: Sample) -> list[InferInput]:

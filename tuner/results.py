@@ -122,10 +122,6 @@ class Spread:
         sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
         return cls(statistics.fmean(finite), sd, len(finite))
 
-    def relative_sd(self) -> float:
-        """sd / mean (0 when the mean is 0)."""
-        return self.sd / self.mean if self.mean else 0.0
-
     @property
     def ci95(self) -> float:
         """Half-width of the 95% confidence interval of the mean (Student's t; nan below 2 values)."""

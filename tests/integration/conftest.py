@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import MODEL_REPOSITORY, SESSION_PGIDS, triton_processes
 from tuner.server import LocalLauncher
+from tuner.server.process import reap_leftover
 
 pytestmark = pytest.mark.integration
 
@@ -43,3 +46,20 @@ def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Compl
 
 def shm_regions() -> set[str]:
     return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
+
+
+@pytest.fixture(autouse=True)
+def stop_what_the_test_started(tmp_path):
+    """After each test, even a failed one: stop the greentune processes it started (this session's own children)
+    and any server whose pid file lies in its folder; never anything found by name."""
+    yield
+    children = [p for p in psutil.Process().children() if p.pid not in SESSION_PGIDS]
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()  # greentune stops its own server on SIGTERM
+    _, alive = psutil.wait_procs(children, timeout=60)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    for state_dir in tmp_path.rglob(".greentune"):
+        reap_leftover(state_dir)

@@ -7,6 +7,4 @@ from tuner.server.docker import DockerLauncher
 from tuner.server.local import LocalLauncher
 from tuner.server.remote import RemoteLauncher
 
-LAUNCHERS: dict[str, type] = {"local": LocalLauncher, "docker": DockerLauncher, "remote": RemoteLauncher}
-
-__all__ = ["LAUNCHERS", "DockerLauncher", "LocalLauncher", "RemoteLauncher", "Server", "ServerLauncher"]
+__all__ = ["DockerLauncher", "LocalLauncher", "RemoteLauncher", "Server", "ServerLauncher"]

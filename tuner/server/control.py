@@ -1,4 +1,4 @@
-"""Model control on a running server: load a config override, unload, read metadata; Triton errors translated."""
+"""Model control on a running server: load a config override, read metadata, smoke-test; Triton errors translated."""
 
 from __future__ import annotations
 
@@ -25,17 +25,6 @@ def load_config(server: Server, model: str, config: ModelConfig, timeout_s: floa
         if not server.is_alive():
             raise ServerDied(f"tritonserver died while loading {model}; last log lines:\n{server.log_tail()}") from None
         raise ModelLoadError(f"Triton refused to load {model}: {exc.message()}") from None
-    finally:
-        client.close()
-
-
-def unload(server: Server, model: str) -> None:
-    """Unload the model, ignoring a model that is not loaded."""
-    client = _client(server)
-    try:
-        client.unload_model(model)
-    except InferenceServerException:
-        pass
     finally:
         client.close()
 
