@@ -19,7 +19,9 @@ from tuner.results import Measurement, Spread
 if TYPE_CHECKING:
     from tuner.bench import LoadPolicy
     from tuner.events import Event
+    from tuner.measure import MeasureSettings
     from tuner.server.base import ServerLauncher
+    from tuner.study import SearchJob, SearchSettings
 
 console = Console(stderr=True)
 out = Console()
@@ -238,7 +240,7 @@ def parse_gpus(text: str | None) -> list[int] | None:
     return gpus
 
 
-def measure_settings(flags: dict[str, Any]) -> Any:
+def measure_settings(flags: dict[str, Any]) -> MeasureSettings:
     """MeasureSettings from the shared load/meter flags."""
     from tuner.measure import MeasureSettings
 
@@ -429,7 +431,7 @@ def search(**flags: Any) -> None:
     _print_search_result(job, outcome, exported)
 
 
-def _search_job(flags: dict[str, Any]) -> Any:
+def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     from tuner.inputs import parse_shape_options
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config
