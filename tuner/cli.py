@@ -18,7 +18,7 @@ from tuner.results import Measurement, Spread
 
 if TYPE_CHECKING:
     from tuner.bench import LoadPolicy
-    from tuner.events import Event
+    from tuner.events import Event, Progress
     from tuner.measure import MeasureSettings
     from tuner.server.base import ServerLauncher
     from tuner.study import SearchJob, SearchSettings
@@ -178,7 +178,7 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def build_launcher(flags: dict[str, Any], pull_progress: Any = None) -> ServerLauncher:
+def build_launcher(flags: dict[str, Any], pull_progress: Progress | None = None) -> ServerLauncher:
     """The launcher the flags ask for; flags that do not apply to it are an error, not silently ignored."""
     from tuner.errors import BadInput
     from tuner.server import DockerLauncher, LocalLauncher, RemoteLauncher
@@ -309,7 +309,7 @@ def measure(**flags: Any) -> None:
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
     with console.status("starting Triton…") as status:
-        launcher = build_launcher(flags, lambda event, data: status.update(_pull_text(data)))
+        launcher = build_launcher(flags, lambda event: status.update(event_text(event)))
         bench = Bench(launcher, flags["model_repository"], flags["model"], base, flags["output"], inputs, load,
                       settings, meters=meters, progress=lambda event: status.update(event_text(event)),
                       idle_config=trial)
@@ -344,15 +344,12 @@ def event_text(event: Event) -> str:
         return f"repeat of trial {event.number} failed: {event.reason}"
     if isinstance(event, events.ServerRestarted):
         return f"server died; restarted it (restart {event.count})"
+    if isinstance(event, events.ImagePulling):
+        done = f" {event.current_bytes / 1e6:.0f}/{event.total_bytes / 1e6:.0f} MB" if event.total_bytes else ""
+        return f"pulling {event.image}: {event.status} {event.layer}{done}"
     if isinstance(event, events.TrialsRecovered):
         return f"{event.count} trial(s) interrupted by an earlier run will be retried"
     return f"trial {event.result.number} finished"
-
-
-def _pull_text(data: dict[str, Any]) -> str:
-    detail = data.get("progressDetail") or {}
-    done = f" {detail['current'] / 1e6:.0f}/{detail['total'] / 1e6:.0f} MB" if detail.get("total") else ""
-    return f"pulling {data['image']}: {data.get('status') or ''} {data.get('id') or ''}{done}"
 
 
 def _load_text(described: dict[str, Any]) -> str:
@@ -404,7 +401,7 @@ def search(**flags: Any) -> None:
     bar = Progress(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TextColumn("{task.description}"), console=console, transient=False)
     task = bar.add_task("starting Triton…", total=settings.trials)
-    launcher = build_launcher(flags, lambda event, data: bar.update(task, description=_pull_text(data)))
+    launcher = build_launcher(flags, lambda event: bar.update(task, description=event_text(event)))
     state: dict[str, Any] = {"config": "", "best": "none yet"}
 
     def progress(event: Event) -> None:

@@ -99,8 +99,19 @@ class RepeatFailed:
     reason: str
 
 
+@dataclass(frozen=True)
+class ImagePulling:
+    """The docker launcher pulls its image: one layer's status and bytes so far (0 when unknown)."""
+
+    image: str
+    status: str
+    layer: str
+    current_bytes: int = 0
+    total_bytes: int = 0
+
+
 Event = (ModelLoading | IdleMeasuring | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
-         | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed)
+         | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling)
 Progress = Callable[[Event], None]
 
 

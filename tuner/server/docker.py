@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import BadInput, ServerStartError
+from tuner.events import ImagePulling, Progress, emit
 from tuner.server.base import Server
 from tuner.server.local import triton_args, wait_ready
 from tuner.server.probes import ContainerProbe
@@ -23,7 +24,6 @@ LABEL_OUTPUT = "greentune.output"
 LABEL_OWNER = "greentune.owner_pid"
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
-PullProgress = Any  # callable(event: str, data: dict) -> None
 
 
 def docker_client(docker_host: str | None = None) -> Any:
@@ -63,7 +63,7 @@ class DockerLauncher:
         shm_size: str = "1g",
         network: str = "host",
         ready_timeout_s: float = 180.0,
-        pull_progress: PullProgress | None = None,
+        pull_progress: Progress | None = None,
     ) -> None:
         if network not in ("host", "bridge"):
             raise BadInput(f"--network {network}: expected host or bridge (published ports)")
@@ -93,9 +93,9 @@ class DockerLauncher:
             for event in client.api.pull(repository, tag=tag, stream=True, decode=True):
                 if "error" in event:
                     raise docker.errors.APIError(event["error"])
-                if self.pull_progress is not None:
-                    self.pull_progress("pull", {"image": self.image, **{k: event.get(k) for k in ("status", "id",
-                                                                                                   "progressDetail")}})
+                detail = event.get("progressDetail") or {}
+                emit(self.pull_progress, ImagePulling(self.image, event.get("status") or "", event.get("id") or "",
+                                                      int(detail.get("current") or 0), int(detail.get("total") or 0)))
         except docker.errors.DockerException as exc:
             raise BadInput(
                 f"--image {self.image}: not present locally and the pull failed ({_first_line(exc)}); "
