@@ -16,6 +16,7 @@ def run_search_command(job: SearchJob, settings: SearchSettings, launcher: Serve
                        progress: Progress | None = None) -> tuple[SearchOutcome, Path | None]:
     """Search, then export OUTPUT/<model>/config.pbtxt for the best feasible trial; outputs are written throughout."""
     search = Search(job, settings, progress, on_result=lambda outcome: write_outputs(job, outcome))
+    search.open()  # the study first: a bad --storage or a study that needs --resume is reported before any server
     exported = None
     with job.bench(launcher, progress) as bench:
         outcome = search.run(bench)

@@ -237,10 +237,11 @@ class Search:
         self.on_result = on_result
         self.clock = clock
         self.space = job.space.for_model(job.base.max_batch_size > 0)
+        self._opened: tuple[optuna.Study, SearchOutcome] | None = None
 
     def run(self, bench: TrialBench) -> SearchOutcome:
         """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs."""
-        study, outcome = self._open()
+        study, outcome = self.open()
         stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
                             self._grid_size(), self.clock, outcome.results)
         by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
@@ -271,8 +272,11 @@ class Search:
         self._publish(outcome, bench)
         return outcome
 
-    def _open(self) -> tuple[optuna.Study, SearchOutcome]:
-        """Open the study, fail what a killed run left running, read back what is measured, seed the baseline."""
+    def open(self) -> tuple[optuna.Study, SearchOutcome]:
+        """Open the study (once; before a server starts, so a bad --storage or --resume is exit 2 at once), fail what
+        a killed run left running, read back what is measured, seed the baseline."""
+        if self._opened is not None:
+            return self._opened
         self.job.output.mkdir(parents=True, exist_ok=True)
         study, url = open_study(self.job, self.settings)
         recovered = recover_interrupted(study)
@@ -282,8 +286,9 @@ class Search:
         if not study.trials:
             study.enqueue_trial(self.space.params_of(trial_of(self.job.base)), user_attrs={"baseline": True})
         repeated = sorted(int(n) for n in study.user_attrs.get(REPEATED_ATTR, {}))
-        return study, SearchOutcome(results=results, baseline=None, best=None, stop_reason="", storage_url=url,
-                                    study_name=study.study_name, duplicates=duplicates, repeated=repeated)
+        self._opened = study, SearchOutcome(results=results, baseline=None, best=None, stop_reason="", storage_url=url,
+                                            study_name=study.study_name, duplicates=duplicates, repeated=repeated)
+        return self._opened
 
     def _grid_size(self) -> int | None:
         return len(self.space.grid_configs()) if self.settings.sampler == "grid" else None
