@@ -39,3 +39,16 @@ def test_set_hints_come_from_the_table():
         with pytest.raises(BadInput) as error:
             parse_set_options([f"{spec.name}=?"])
         assert str(error.value) == f"--set {spec.name}=?: expected {spec.set_hint}"
+
+
+def test_loop_rules_paths_and_events_are_pure():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import tuner.stopping, tuner.paths, tuner.events;"
+        "bad = [m for m in ('docker', 'pynvml', 'subprocess', 'tritonclient.grpc.aio', 'tritonclient.http', 'psutil',"
+        " 'optuna') if m in sys.modules]; print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ""
