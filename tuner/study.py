@@ -37,7 +37,7 @@ from tuner.measure import (
 )
 from tuner.meters.select import select_meters
 from tuner.model_config import ModelConfig, apply_trial, trial_of
-from tuner.objective import Constraints, best_trial, score, violations
+from tuner.objective import Constraints, best_trial, check_objective, objective_value, violations
 from tuner.results import TrialConfig, TrialResult, write_json
 from tuner.server.base import Server
 from tuner.space import Space
@@ -120,6 +120,10 @@ class SearchJob:
     energy_meter: str = "auto"
     cpu_tdp_watts: float | None = None
     gpus: list[int] | None = None
+    objective: str = "efficiency"  # --objective: what the study maximises and which config is exported
+
+    def __post_init__(self) -> None:
+        check_objective(self.objective)
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
@@ -137,6 +141,7 @@ class SearchJob:
             "energy_meter": self.energy_meter,
             "energy_accounting": self.measure.energy_accounting,
             "window_s": self.measure.window_s,
+            "objective": self.objective,
         }
 
 
@@ -189,6 +194,8 @@ def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, 
                                 load_if_exists=True)
     fingerprint = job.fingerprint()
     recorded = study.user_attrs.get("settings")
+    if recorded is not None and "objective" not in recorded:
+        recorded = {**recorded, "objective": "efficiency"}  # studies from before --objective maximised inferences/J
     if recorded is None:
         study.set_user_attr("settings", fingerprint)
     elif recorded != fingerprint:
@@ -260,8 +267,8 @@ class Search:
         restarts = 0
         consecutive_duplicates = 0
         since_improvement = 0
-        initial_best = best_trial(results)
-        best_score = score(initial_best.measurement) if initial_best else None
+        initial_best = best_trial(results, job.objective)
+        best_score = objective_value(initial_best.measurement, job.objective) if initial_best else None
         grid_size = len(self.space.grid_configs()) if settings.sampler == "grid" else None
         sampler = study.sampler
         while True:
@@ -303,8 +310,8 @@ class Search:
                         consecutive_duplicates = 0
                         outcome.results.append(result)
                         by_key[self._key(result.config)] = result
-                        current = best_trial(outcome.results)
-                        current_score = score(current.measurement) if current else None
+                        current = best_trial(outcome.results, job.objective)
+                        current_score = objective_value(current.measurement, job.objective) if current else None
                         if current_score is not None and (best_score is None or current_score > best_score):
                             best_score, since_improvement = current_score, 0
                         else:
@@ -346,7 +353,7 @@ class Search:
     def _repeat_top(self, server: Server, meters: list[Any], outcome: SearchOutcome) -> None:
         """--repeats N: measure the top-k feasible configs until each has N measurements; pool their windows."""
         job = self.job
-        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -score(r.measurement))
+        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -objective_value(r.measurement, job.objective))
         for result in ranked[: self.settings.top_k]:
             assert result.measurement is not None
             runs = [result.measurement]
@@ -442,7 +449,7 @@ class Search:
             trial.set_user_attr("config_key", json.loads(result.config.key()))
             for name, value in result.violations.items():
                 trial.set_constraint(name, value)
-            study.tell(trial, score(result.measurement) if not result.failed else 0.0)
+            study.tell(trial, objective_value(result.measurement, self.job.objective) if not result.failed else 0.0)
         except OSError as exc:
             raise StorageError(f"cannot save trial {trial.number}: {exc.filename or ''} {exc.strerror}; search stopped") from None
         except GreentuneError:
@@ -452,7 +459,7 @@ class Search:
                                "search stopped") from None
 
     def _finish(self, outcome: SearchOutcome) -> None:
-        outcome.best = best_trial(outcome.results)
+        outcome.best = best_trial(outcome.results, self.job.objective)
         baselines = [r for r in outcome.results if r.config == trial_of(self.job.base)]
         outcome.baseline = min(baselines, key=lambda r: r.number) if baselines else None
 
