@@ -123,3 +123,18 @@ def test_unknown_objective_in_a_job_is_bad_input(tmp_path):
 
     with pytest.raises(BadInput, match="--objective fast: expected one of efficiency, throughput"):
         job(tmp_path, "fast")
+
+
+def test_cli_line_for_the_price_of_speed_names_units_and_source():
+    from tuner.cli import price_text
+    from tuner.objective import price_of_speed
+
+    assert price_text(price_of_speed(EFFICIENT, FAST)) == (
+        "price of speed: the fastest feasible config (trial 1) runs +200 infer/s vs the most efficient (trial 0) "
+        "at +10.000 mJ per inference, +6.0 W (estimated, total energy)")
+    assert "the same config (trial 0)" in price_text(price_of_speed(EFFICIENT, EFFICIENT))
+
+
+def test_baseline_chosen_for_throughput_says_nothing_was_faster(tmp_path):
+    _, markdown, _ = documents(tmp_path, [trial(0, 50, 900), trial(1, 100, 200)], "throughput")
+    assert "This is the model's own config: no measured config was faster." in markdown

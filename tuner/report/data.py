@@ -144,7 +144,8 @@ def headline(data: ReportData) -> Headline:
     m = best.measurement
     is_baseline = base is not None and base.number == best.number
     lines = [f"Chosen ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
-             + (" This is the model's own config: no measured config was more efficient." if is_baseline else "")]
+             + (f" This is the model's own config: no measured config was "
+                f"{'faster' if data.objective == 'throughput' else 'more efficient'}." if is_baseline else "")]
     tie = False
     chosen_e = energy_per_inference_mj(best)
     if is_baseline and chosen_e is not None:
