@@ -374,6 +374,9 @@ def _load_text(described: dict[str, Any]) -> str:
 @click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement.")
 @click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
               help="Optuna sampler (gp needs: pip install 'greentune[gp]').")
+@click.option("--objective", type=click.Choice(["efficiency", "throughput"]), default="efficiency",
+              show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
+                                      "the export is this objective's pick, the outputs show both picks.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
 @click.option("--storage", default=None, help="Optuna storage URL for a shared study (default: OUTPUT/study.db).")
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
@@ -383,9 +386,10 @@ def _load_text(described: dict[str, Any]) -> str:
               help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
 @handle_errors
 def search(**flags: Any) -> None:
-    """Search serving configs for the most inferences per joule within the constraints.
+    """Search serving configs for the most inferences per joule (or, with --objective throughput, the most
+    infer/s) within the constraints.
 
-    Writes OUTPUT/<model>/config.pbtxt (best feasible config, loaded and smoke-tested first),
+    Writes OUTPUT/<model>/config.pbtxt (the objective's best feasible config, loaded and smoke-tested first),
     OUTPUT/summary.json and OUTPUT/trials.csv. Exit status: 0 found a feasible config,
     3 none was feasible, 2 bad input, 1 other failure, 130 interrupted (rerun with --resume).
 
@@ -415,7 +419,9 @@ def search(**flags: Any) -> None:
                                          f"{event.throughput_per_s:.0f} infer/s · best: {state['best']}")
         elif isinstance(event, events.TrialFinished):
             best = event.best
-            if best is not None and best.measurement is not None:
+            if best is not None and best.measurement is not None and job.objective == "throughput":
+                state["best"] = f"trial {best.number}: {best.measurement.throughput_per_s.mean:.0f} infer/s"
+            elif best is not None and best.measurement is not None:
                 state["best"] = (f"trial {best.number}: {best.measurement.inferences_per_j.mean:.2f} infer/J "
                                  f"({best.measurement.energy_source})")
             bar.update(task, completed=event.measured, description=f"best: {state['best']}")
@@ -459,7 +465,8 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                     constraints=constraints, load=load, inputs=InputSource(parse_shape_options(flags["shape"]),
                                                                            flags["input_data"]),
                     measure=measure, output=flags["output"], energy_meter=flags["energy_meter"],
-                    cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]))
+                    cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]),
+                    objective=flags["objective"])
     return job, settings
 
 
@@ -550,6 +557,7 @@ def trial_line(result: Any) -> str:
 def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
     from tuner import paths
     from tuner.errors import NoFeasibleConfig
+    from tuner.objective import best_trial, fastest_trial, price_of_speed
     from tuner.outputs import savings
 
     out.print(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
@@ -558,7 +566,9 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
     if outcome.best is None:
         raise NoFeasibleConfig(_no_feasible_message(outcome, job))
     best = outcome.best
-    out.print(f"[bold green]best:[/] trial {best.number}: {best.config.describe()}", highlight=False)
+    picked = "fastest" if job.objective == "throughput" else "most efficient"
+    out.print(f"[bold green]best ({picked}, --objective {job.objective}):[/] trial {best.number}: "
+              f"{best.config.describe()}", highlight=False)
     out.print(measurement_table(best.measurement, f"best config (trial {best.number})"))
     saved = savings(best, outcome.baseline)
     if saved is not None:
@@ -568,9 +578,25 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
                   f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
                   f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%",
                   highlight=False)
+    price = price_of_speed(best_trial(outcome.results), fastest_trial(outcome.results))
+    if price is not None:
+        out.print(price_text(price), highlight=False)
     html, markdown, _ = paths.report_paths(job.output)
     out.print(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
               f"{html}, {markdown}", highlight=False)
+
+
+def price_text(price: Any) -> str:
+    """One line: the fastest feasible config against the most efficient one, or that they are the same config."""
+    if price.same_config:
+        return (f"most efficient and fastest feasible config: the same config (trial {price.efficient_trial}); "
+                "speed costs no extra energy here")
+    energy = ("energy not metered" if price.extra_energy_per_inference_mj is None else
+              f"{price.extra_energy_per_inference_mj:+.3f} mJ per inference, {price.extra_power_w:+.1f} W "
+              f"({price.energy_source}, {price.energy_accounting} energy)")
+    return (f"price of speed: the fastest feasible config (trial {price.fastest_trial}) runs "
+            f"{price.extra_throughput_per_s:+.0f} infer/s vs the most efficient (trial {price.efficient_trial}) "
+            f"at {energy}")
 
 
 def _no_feasible_message(outcome: Any, job: Any) -> str:

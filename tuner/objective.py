@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from tuner.errors import BadInput
 from tuner.results import Measurement, TrialResult
 
 FAILED_VIOLATION = 1000.0  # a refused or failing config: far outside every constraint, so samplers avoid its region
 CONSTRAINT_NAMES = ("min_throughput", "max_p99_ms", "max_memory_mb", "failed")
+# --objective: what the search maximises under the constraints, and how summaries and reports name it.
+OBJECTIVES = {
+    "efficiency": "maximize inferences per joule (mean over stable windows)",
+    "throughput": "maximize inferences per second (mean over stable windows)",
+}
 
 
 @dataclass(frozen=True)
@@ -71,12 +78,84 @@ def score(measurement: Measurement | None) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def best_trial(results: list[TrialResult]) -> TrialResult | None:
-    """The feasible trial with the most inferences per joule (ties: higher throughput, then lower number)."""
+def check_objective(objective: str) -> str:
+    """The objective's name, or BadInput naming --objective and the valid ones."""
+    if objective not in OBJECTIVES:
+        raise BadInput(f"--objective {objective}: expected one of {', '.join(OBJECTIVES)}")
+    return objective
+
+
+def objective_value(measurement: Measurement | None, objective: str = "efficiency") -> float:
+    """The study's value for a trial: inferences per joule (efficiency) or per second (throughput); 0 if failed."""
+    if check_objective(objective) == "efficiency":
+        return score(measurement)
+    if measurement is None:
+        return 0.0
+    value = measurement.throughput_per_s.mean
+    return value if math.isfinite(value) else 0.0
+
+
+def best_trial(results: list[TrialResult], objective: str = "efficiency") -> TrialResult | None:
+    """The feasible trial that maximises the objective: most inferences per joule (ties: higher throughput, then
+    lower number) or, for "throughput", the fastest (see fastest_trial)."""
+    if check_objective(objective) == "throughput":
+        return fastest_trial(results)
     feasible = [r for r in results if r.feasible]
     if not feasible:
         return None
     return max(feasible, key=lambda r: (score(r.measurement), _throughput(r), -r.number))
+
+
+def fastest_trial(results: list[TrialResult]) -> TrialResult | None:
+    """The feasible trial with the highest mean throughput (ties: more inferences per joule, then lower number)."""
+    feasible = [r for r in results if r.feasible]
+    if not feasible:
+        return None
+    return max(feasible, key=lambda r: (_throughput(r), score(r.measurement), -r.number))
+
+
+@dataclass(frozen=True)
+class PriceOfSpeed:
+    """What the fastest feasible config costs in energy over the most efficient one (same energy source)."""
+
+    efficient_trial: int
+    fastest_trial: int
+    same_config: bool
+    extra_energy_per_inference_mj: float | None  # fastest minus most efficient; None when energy was not metered
+    extra_power_w: float | None  # mean power over the measured windows, fastest minus most efficient
+    extra_throughput_per_s: float
+    energy_source: str
+    energy_accounting: str  # "total" or "dynamic" (idle power subtracted): the watts are on the same basis
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict with units in the keys."""
+        return dataclasses.asdict(self)
+
+
+def price_of_speed(efficient: TrialResult | None, fastest: TrialResult | None) -> PriceOfSpeed | None:
+    """Extra mJ per inference and extra watts of the fastest feasible config over the most efficient one."""
+    if efficient is None or fastest is None or efficient.measurement is None or fastest.measurement is None:
+        return None
+    e, f = efficient.measurement, fastest.measurement
+    e_j, f_j = e.energy_per_inference_j, f.energy_per_inference_j
+    e_w, f_w = mean_power_w(e), mean_power_w(f)
+    sources = sorted({e.energy_source, f.energy_source})
+    return PriceOfSpeed(
+        efficient_trial=efficient.number, fastest_trial=fastest.number,
+        same_config=efficient.number == fastest.number,
+        extra_energy_per_inference_mj=None if e_j is None or f_j is None else (f_j - e_j) * 1000,
+        extra_power_w=None if e_w is None or f_w is None else f_w - e_w,
+        extra_throughput_per_s=f.throughput_per_s.mean - e.throughput_per_s.mean,
+        energy_source=" / ".join(sources),
+        energy_accounting=" / ".join(sorted({e.energy_accounting, f.energy_accounting})),
+    )
+
+
+def mean_power_w(measurement: Measurement) -> float | None:
+    """Mean power over the measured windows in W (energy as accounted / duration); None when not metered."""
+    if measurement.energy_j is None or not measurement.duration_s > 0:
+        return None
+    return measurement.energy_j / measurement.duration_s
 
 
 def closest_trial(results: list[TrialResult]) -> tuple[TrialResult, str] | None:

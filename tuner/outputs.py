@@ -10,7 +10,17 @@ import pandas as pd
 from tuner import paths
 from tuner.fileio import atomic_path
 from tuner.model_config import to_text
-from tuner.objective import closest_trial, overlaps, pareto_front, score, ties_with
+from tuner.objective import (
+    OBJECTIVES,
+    best_trial,
+    closest_trial,
+    fastest_trial,
+    overlaps,
+    pareto_front,
+    price_of_speed,
+    score,
+    ties_with,
+)
 from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
@@ -52,6 +62,18 @@ def _per_inference(joules: float | None, result: TrialResult) -> float | None:
     return joules / result.measurement.success_count
 
 
+def picks(results: list[TrialResult]) -> dict[str, Any]:
+    """Both picks side by side (whatever the objective): the most efficient and the fastest feasible config, and
+    the energy price of speed (extra mJ per inference and extra W of the fastest over the most efficient)."""
+    efficient, fastest = best_trial(results, "efficiency"), fastest_trial(results)
+    price = price_of_speed(efficient, fastest)
+    return {
+        "most_efficient": _brief(efficient),
+        "fastest": _brief(fastest),
+        "price_of_speed": price.to_dict() if price is not None else None,
+    }
+
+
 def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | None) -> dict[str, Any]:
     """The summary.json body (schema_version is added on write)."""
     front = pareto_front(outcome.results)
@@ -64,11 +86,13 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "input_shapes": {k: list(v) for k, v in job.inputs.shapes.items()},
         "status": "feasible" if outcome.best else "no_feasible_config",
         "stop_reason": outcome.stop_reason,
-        "objective": "maximize inferences per joule (mean over stable windows)",
+        "objective": job.objective,
+        "objective_description": OBJECTIVES[job.objective],
         "load": job.load_description(),
         "constraints": job.constraints.to_dict(),
         "search_space": job.space.source,
         "best": _brief(outcome.best),
+        "picks": picks(outcome.results),
         "baseline": _brief(outcome.baseline),
         "savings_vs_baseline": savings(outcome.best, outcome.baseline),
         "closest_infeasible": None if closest is None else {**(_brief(closest[0]) or {}), "most_violated": closest[1]},

@@ -92,7 +92,7 @@ class TrialConfig:
             if isinstance(value, bool):
                 value = "on" if value else "off"
             elif isinstance(value, list):
-                value = ",".join(str(v) for v in value)
+                value = ",".join(str(v) for v in value) or "unset"
             parts.append(f"{name}={value}")
         return " ".join(parts) or "(model's own config)"
 

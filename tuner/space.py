@@ -19,6 +19,7 @@ CONSTRAINT_KEYS = ("min_throughput", "max_p99_ms", "max_memory_mb")
 TOP_KEYS = ("version", "description", "knobs", "constraints")
 KNOB_KEYS = ("type", "low", "high", "step", "log", "choices", "value", "when")
 POW2_LIMIT = KNOB_SPECS["max_batch_size"].high
+UNSET = "unset"  # a fraction choice: no preferred batch size (Triton's advice for most models)
 
 
 class TrialLike(Protocol):
@@ -31,7 +32,9 @@ class TrialLike(Protocol):
 
 @dataclass(frozen=True)
 class Knob:
-    """One knob's range: int (low..high, step, log), pow2 (powers of two, sampled as exponent), bool, choice, fixed."""
+    """One knob's range: int (low..high, step; log: the doubling ladder low, 2*low, ... high, sampled as its
+    index), pow2 (powers of two, sampled as exponent), fraction (preferred size as a share of max_batch_size),
+    bool, choice, fixed."""
 
     name: str
     type: str
@@ -45,24 +48,34 @@ class Knob:
 
     @property
     def param(self) -> str:
-        """The Optuna parameter name (pow2 knobs are sampled as their exponent)."""
-        return f"{self.name}_exp" if self.type == "pow2" else self.name
+        """The Optuna parameter name (pow2 knobs are sampled as their exponent, log ints as their ladder step)."""
+        if self.type == "pow2":
+            return f"{self.name}_exp"
+        if self.type == "int" and self.log:
+            return f"{self.name}_step"
+        if self.type == "fraction":
+            return f"{self.name}_fraction"
+        return self.name
+
+    def ladder(self) -> list[int]:
+        """A log int knob's values: low doubling up to high (high itself always included)."""
+        out, v = [], self.low
+        while v < self.high:
+            out.append(v)
+            v *= 2
+        return [*out, self.high]
 
     def values(self) -> list[Any]:
         """Every value the sampler can propose for this knob's parameter (for the grid)."""
         if self.type == "int":
             if self.log:
-                out, v = [], self.low
-                while v <= self.high:
-                    out.append(v)
-                    v *= 2
-                return out if out[-1] == self.high else [*out, self.high]
+                return list(range(len(self.ladder())))
             return list(range(self.low, self.high + 1, self.step))
         if self.type == "pow2":
             return list(range(int(math.log2(self.low)), int(math.log2(self.high)) + 1))
         if self.type == "bool":
             return [0, 1]
-        if self.type == "choice":
+        if self.type in ("choice", "fraction"):
             return list(self.choices)
         return [self.value]
 
@@ -86,8 +99,12 @@ class Space:
         for knob in self.knobs:
             if knob.when is not None and not values.get(knob.when, False):
                 continue
-            if knob.type == "int":
-                values[knob.name] = trial.suggest_int(knob.param, knob.low, knob.high, step=knob.step, log=knob.log)
+            if knob.type == "int" and knob.log:
+                # A discrete ladder: equal steps on a log scale, and configs that dedupe exactly.
+                ladder = knob.ladder()
+                values[knob.name] = ladder[trial.suggest_int(knob.param, 0, len(ladder) - 1)]
+            elif knob.type == "int":
+                values[knob.name] = trial.suggest_int(knob.param, knob.low, knob.high, step=knob.step)
             elif knob.type == "pow2":
                 exp = trial.suggest_int(knob.param, int(math.log2(knob.low)), int(math.log2(knob.high)))
                 values[knob.name] = 1 << exp
@@ -95,14 +112,26 @@ class Space:
                 values[knob.name] = bool(trial.suggest_int(knob.param, 0, 1))
             elif knob.type == "choice":
                 values[knob.name] = trial.suggest_categorical(knob.param, list(knob.choices))
+            elif knob.type == "fraction":
+                fraction = trial.suggest_categorical(knob.param, list(knob.choices))
+                values[knob.name] = _FRACTION_UNSET if fraction == UNSET else \
+                    max(1, int(values["max_batch_size"] * fraction))
             else:
                 values[knob.name] = knob.value
         return self._to_config(values)
 
     @staticmethod
     def _to_config(values: dict[str, Any]) -> TrialConfig:
+        if values.get("max_batch_size") == 1 and values.get("dynamic_batching"):
+            # Batches of one request cannot be batched: the batcher would only add a queue delay. Measured
+            # (and deduped) as dynamic batching off, so the space never spends a trial on it.
+            values["dynamic_batching"] = False
+            values.pop("max_queue_delay_microseconds", None)
+            values.pop("preferred_batch_size", None)
         preferred = values.pop("preferred_batch_size", None)
-        if preferred is not None:
+        if preferred is _FRACTION_UNSET:
+            values["preferred_batch_size"] = ()
+        elif preferred is not None:
             # A preferred size above max_batch_size is invalid; the largest valid one is the closest config.
             limit = values.get("max_batch_size")
             values["preferred_batch_size"] = (min(preferred, limit) if limit else preferred,)
@@ -116,7 +145,15 @@ class Space:
             value = knobs.get(knob.name)
             if value is None or knob.type == "fixed":
                 continue
-            if knob.type == "pow2":
+            if knob.type == "int" and knob.log:
+                if value not in knob.ladder():
+                    continue
+                params[knob.param] = knob.ladder().index(value)
+            elif knob.type == "fraction":
+                fraction = _fraction_of(value, knobs.get("max_batch_size"))
+                if fraction in knob.choices:
+                    params[knob.param] = fraction
+            elif knob.type == "pow2":
                 value = value[0] if isinstance(value, list) else value
                 if value < 1 or value & (value - 1):
                     continue
@@ -140,6 +177,18 @@ class Space:
             config = self.sample(_FixedParams(params))
             seen.setdefault(config.key(), config)
         return list(seen.values())
+
+
+_FRACTION_UNSET = object()  # sampled "unset": no preferred batch size
+
+
+def _fraction_of(preferred: Any, max_batch_size: Any) -> Any:
+    """The fraction choice that renders this preferred size with this max batch (UNSET for none; None if no match)."""
+    if not preferred:
+        return UNSET
+    if not isinstance(max_batch_size, int) or len(preferred) != 1 or not max_batch_size:
+        return None
+    return preferred[0] / max_batch_size
 
 
 class _FixedParams:
@@ -202,6 +251,9 @@ def parse_space(document: Any, source: str) -> Space:
                     f"{source}: knobs.{knob.name}.when: {knob.when} is fixed off, so {knob.name} could never apply"
                 )
     mbs, pref = by_name.get("max_batch_size"), by_name.get("preferred_batch_size")
+    if pref is not None and pref.type == "fraction" and mbs is None:
+        raise BadInput(f"{source}: knobs.preferred_batch_size.type: fraction is a share of max_batch_size, "
+                       "so max_batch_size must be in the space (a range or a fixed value)")
     if mbs is not None and pref is not None and mbs.type == "pow2" and pref.type == "pow2" and pref.low > mbs.high:
         raise BadInput(
             f"{source}: knobs.preferred_batch_size.low: {pref.low} exceeds max_batch_size.high {mbs.high}; no valid value"
@@ -241,10 +293,14 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
     natural = KNOB_SPECS[name].space_type
     kind = raw.get("type", natural)
     allowed = {natural, "choice"} if name != "dynamic_batching" else {"bool"}
+    if name == "preferred_batch_size":
+        allowed.add("fraction")
     if not isinstance(kind, str) or kind not in allowed:
         raise BadInput(f"{where}.type: expected {' or '.join(sorted(allowed))}, got {kind!r}")
     if kind == "bool":
         return Knob(name, "bool", when=when)
+    if kind == "fraction":
+        return Knob(name, "fraction", choices=_check_fractions(raw.get("choices"), f"{where}.choices"), when=when)
     if kind == "choice":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -278,6 +334,25 @@ def _parse_knob(name: str, raw: Any, source: str) -> Knob:
     if (high - low) % step:
         raise BadInput(f"{where}.step: (high - low) must be a multiple of step {step}")
     return Knob(name, "int", low=low, high=high, step=step, log=log, when=when)
+
+
+def _check_fractions(choices: Any, where: str) -> tuple[Any, ...]:
+    """Shares of max_batch_size (1, 1/2, 1/4, ...: a power-of-two preferred size of a power-of-two max) or unset."""
+    valid = f"expected a non-empty list of {UNSET!r} and fractions of max_batch_size such as 1, 0.5, 0.25"
+    if not isinstance(choices, list) or not choices:
+        raise BadInput(f"{where}: {valid}")
+    out: list[Any] = []
+    for choice in choices:
+        if choice == UNSET:
+            out.append(UNSET)
+            continue
+        if isinstance(choice, bool) or not isinstance(choice, (int, float)) or not 0 < choice <= 1 or \
+                not any(choice == 2.0 ** -k for k in range(17)):
+            raise BadInput(f"{where}: {valid}; got {choice!r}")
+        out.append(float(choice))
+    if len(set(out)) != len(out):
+        raise BadInput(f"{where}: has duplicates")
+    return tuple(out)
 
 
 def _check_fixed(name: str, value: Any, where: str) -> Any:

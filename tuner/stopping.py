@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from tuner.objective import best_trial, score
+from tuner.objective import best_trial, objective_value
 from tuner.results import TrialResult
 
 MAX_CONSECUTIVE_DUPLICATES = 40
@@ -17,7 +17,7 @@ class Stopping:
 
     def __init__(self, trials: int, timeout_s: float | None = None, patience: int | None = None,
                  grid_size: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 results: list[TrialResult] | None = None) -> None:
+                 results: list[TrialResult] | None = None, objective: str = "efficiency") -> None:
         self.trials = trials
         self.timeout_s = timeout_s
         self.patience = patience
@@ -28,14 +28,15 @@ class Stopping:
         self.since_improvement = 0
         self.consecutive_duplicates = 0
         self.consecutive_failures = 0
-        self.best_score = _best_score(results or [])
+        self.objective = objective
+        self.best_score = _best_score(results or [], objective)
 
     def record_measured(self, result: TrialResult, results: list[TrialResult]) -> None:
         """A config was measured (or failed); `results` holds every measured result, this one included."""
         self.measured += 1
         self.consecutive_duplicates = 0
         self.consecutive_failures = self.consecutive_failures + 1 if result.failed else 0
-        current = _best_score(results)
+        current = _best_score(results, self.objective)
         if current is not None and (self.best_score is None or current > self.best_score):
             self.best_score, self.since_improvement = current, 0
         else:
@@ -62,6 +63,6 @@ class Stopping:
         return None
 
 
-def _best_score(results: list[TrialResult]) -> float | None:
-    best = best_trial(results)
-    return score(best.measurement) if best is not None and best.measurement is not None else None
+def _best_score(results: list[TrialResult], objective: str) -> float | None:
+    best = best_trial(results, objective)
+    return objective_value(best.measurement, objective) if best is not None and best.measurement is not None else None

@@ -22,7 +22,7 @@ from tuner.events import Progress, RepeatFailed, RepeatStarted, TrialFinished, T
 from tuner.measure import InputSource, MeasureSettings, pool_measurements
 from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
-from tuner.objective import Constraints, best_trial, score, violations
+from tuner.objective import Constraints, best_trial, check_objective, objective_value, violations
 from tuner.results import TrialConfig, TrialResult, write_json
 from tuner.server.base import ServerLauncher
 from tuner.space import Space
@@ -109,6 +109,10 @@ class SearchJob:
     energy_meter: str = "auto"
     cpu_tdp_watts: float | None = None
     gpus: list[int] | None = None
+    objective: str = "efficiency"  # --objective: what the study maximises and which config is exported
+
+    def __post_init__(self) -> None:
+        check_objective(self.objective)
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
@@ -124,6 +128,7 @@ class SearchJob:
             "energy_meter": self.energy_meter,
             "energy_accounting": self.measure.energy_accounting,
             "window_s": self.measure.window_s,
+            "objective": self.objective,
         }
 
     def bench(self, launcher: ServerLauncher, progress: Progress | None = None) -> Bench:
@@ -182,6 +187,8 @@ def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, 
                                 load_if_exists=True)
     fingerprint = job.fingerprint()
     recorded = study.user_attrs.get("settings")
+    if recorded is not None and "objective" not in recorded:
+        recorded = {**recorded, "objective": "efficiency"}  # studies from before --objective maximised inferences/J
     if recorded is None:
         study.set_user_attr("settings", fingerprint)
     elif recorded != fingerprint:
@@ -243,7 +250,7 @@ class Search:
         """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs."""
         study, outcome = self.open()
         stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
-                            self._grid_size(), self.clock, outcome.results)
+                            self._grid_size(), self.clock, outcome.results, self.job.objective)
         by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
         while (reason := stopping.reason(self._sampler_exhausted(study))) is None:
             trial = study.ask()
@@ -338,7 +345,7 @@ class Search:
             trial.set_user_attr("config_key", json.loads(result.config.key()))
             for name, value in result.violations.items():
                 trial.set_constraint(name, value)
-            study.tell(trial, score(result.measurement) if not result.failed else 0.0)
+            study.tell(trial, objective_value(result.measurement, self.job.objective) if not result.failed else 0.0)
         except STORAGE_ERRORS as exc:
             raise _storage_error(f"trial {trial.number}", exc) from None
 
@@ -346,7 +353,7 @@ class Search:
         """--repeats N: measure the top-k feasible configs until each has N measurements; pool and save their windows."""
         if self.settings.repeats <= 1:
             return
-        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -score(r.measurement))
+        ranked = sorted((r for r in outcome.results if r.feasible), key=lambda r: -objective_value(r.measurement, self.job.objective))
         for result in ranked[: self.settings.top_k]:
             assert result.measurement is not None
             runs = [result.measurement]
@@ -377,7 +384,7 @@ class Search:
 
     def _publish(self, outcome: SearchOutcome, bench: TrialBench) -> None:
         """Choose best and baseline, copy the bench's provenance, and hand the outcome to on_result."""
-        outcome.best = best_trial(outcome.results)
+        outcome.best = best_trial(outcome.results, self.job.objective)
         baselines = [r for r in outcome.results if r.config == trial_of(self.job.base)]
         outcome.baseline = min(baselines, key=lambda r: r.number) if baselines else None
         outcome.server_restarts = bench.server_restarts

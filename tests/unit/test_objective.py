@@ -8,7 +8,10 @@ from tuner.objective import (
     Constraints,
     best_trial,
     closest_trial,
+    fastest_trial,
+    objective_value,
     pareto_front,
+    price_of_speed,
     score,
     violations,
 )
@@ -92,3 +95,60 @@ def test_grid_sampler_runs_to_exhaustion_in_an_ask_tell_loop():
         trial.set_constraint("failed", 0.0)
         study.tell(trial, 1.0)  # optuna's own GridSampler would raise here on the last point
     assert sorted(seen) == [1, 2, 3]
+
+
+# --objective efficiency|throughput: the two picks and the energy price of speed (pure, no server).
+
+def test_fastest_trial_is_the_feasible_one_with_the_highest_throughput():
+    slow_efficient = result(0, measurement(80, p99=5, tput=200))
+    fast = result(1, measurement(40, p99=8, tput=400))
+    faster_but_infeasible = result(2, measurement(30, p99=20, tput=900))  # breaks max_p99_ms
+    failed = TrialResult(3, TrialConfig(instance_count=4), None, "server died", violations(None, C))
+    results = [slow_efficient, fast, faster_but_infeasible, failed]
+    assert fastest_trial(results) is fast
+    assert best_trial(results) is slow_efficient
+    assert best_trial(results, "efficiency") is slow_efficient
+    assert best_trial(results, objective="throughput") is fast
+    assert fastest_trial([faster_but_infeasible, failed]) is None
+    assert fastest_trial([]) is None
+
+
+def test_fastest_trial_breaks_throughput_ties_by_efficiency_then_number():
+    a = result(3, measurement(40, p99=5, tput=300))
+    b = result(1, measurement(60, p99=5, tput=300))
+    c = result(2, measurement(60, p99=5, tput=300))
+    assert fastest_trial([a, b, c]) is b
+
+
+def test_objective_value_is_the_chosen_quantity_and_zero_for_failures():
+    m = measurement(50, p99=5, tput=250)
+    assert objective_value(m) == 50
+    assert objective_value(m, "efficiency") == 50
+    assert objective_value(m, "throughput") == 250
+    assert objective_value(None, "throughput") == 0.0
+
+
+def test_unknown_objective_is_bad_input_naming_the_flag():
+    with pytest.raises(BadInput, match=r"--objective speed: expected one of efficiency, throughput"):
+        best_trial([], objective="speed")
+
+
+def test_price_of_speed_is_extra_millijoules_and_watts_of_the_fastest():
+    efficient = result(0, measurement(100, p99=5, tput=200))  # 10 mJ/inference, 200 inferences/s -> 2 W
+    fast = result(1, measurement(50, p99=5, tput=400))  # 20 mJ/inference, 400 inferences/s -> 8 W
+    price = price_of_speed(efficient, fast)
+    assert price is not None
+    assert price.extra_energy_per_inference_mj == pytest.approx(10.0)
+    assert price.extra_power_w == pytest.approx(8.0 - 2.0)
+    assert price.extra_throughput_per_s == pytest.approx(200.0)
+    assert (price.efficient_trial, price.fastest_trial, price.same_config) == (0, 1, False)
+    assert price.energy_source == "estimated"
+    assert price.to_dict()["extra_energy_per_inference_mj"] == pytest.approx(10.0)
+
+
+def test_price_of_speed_when_one_config_is_both_picks_is_zero_and_same():
+    only = result(0, measurement(100, p99=5, tput=200))
+    price = price_of_speed(only, only)
+    assert price is not None and price.same_config
+    assert price.extra_energy_per_inference_mj == 0.0 and price.extra_power_w == 0.0
+    assert price_of_speed(None, only) is None and price_of_speed(only, None) is None

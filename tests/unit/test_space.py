@@ -21,8 +21,16 @@ def test_shipped_spaces_load(name):
     assert space.grid_configs()
 
 
+# A user space in the old default's style: preferred sizes sampled independently of max_batch_size, linear delays.
+INDEPENDENT_PREFERRED = {"version": 1, "knobs": {
+    "instance_count": {"type": "int", "low": 1, "high": 4}, "max_batch_size": {"type": "pow2", "low": 1, "high": 64},
+    "dynamic_batching": {"type": "bool"},
+    "max_queue_delay_microseconds": {"type": "int", "low": 0, "high": 2000, "step": 100},
+    "preferred_batch_size": {"type": "pow2", "low": 1, "high": 64}}}
+
+
 def test_conditional_knobs_only_when_dynamic_batching_on():
-    space = load_space(ROOT / "search_spaces" / "default.yaml")
+    space = parse_space(INDEPENDENT_PREFERRED, "independent.yaml")
     off = space.sample(optuna.trial.FixedTrial({"instance_count": 2, "max_batch_size_exp": 3, "dynamic_batching": 0}))
     assert off == TrialConfig(instance_count=2, max_batch_size=8, dynamic_batching=False)
     on = space.sample(optuna.trial.FixedTrial({"instance_count": 1, "max_batch_size_exp": 3, "dynamic_batching": 1,
@@ -47,7 +55,7 @@ def test_batch_sizes_are_sampled_as_exponents_and_switches_as_ints():
 
 
 def test_params_of_round_trips_through_sample():
-    space = load_space(ROOT / "search_spaces" / "default.yaml")
+    space = parse_space(INDEPENDENT_PREFERRED, "independent.yaml")
     config = TrialConfig(instance_count=2, max_batch_size=16, dynamic_batching=True, max_queue_delay_microseconds=500,
                          preferred_batch_size=(8,))
     assert space.sample(optuna.trial.FixedTrial(space.params_of(config))) == config
@@ -87,11 +95,12 @@ def test_invalid_yaml_names_line(tmp_path):
 
 
 knob_values = st.one_of(st.integers(-5, 300), st.booleans(), st.text(max_size=5), st.none(),
-                        st.lists(st.integers(-2, 70), max_size=4), st.floats(allow_nan=True))
+                        st.lists(st.integers(-2, 70), max_size=4), st.floats(allow_nan=True),
+                        st.lists(st.sampled_from(["unset", 1, 0.5, 0.25, 0.3, 0, 2, True]), max_size=4))
 knob_specs = st.one_of(
     knob_values,
     st.dictionaries(st.sampled_from(["type", "low", "high", "step", "log", "choices", "value", "when", "bogus"]),
-                    st.one_of(knob_values, st.sampled_from(["int", "pow2", "bool", "choice", "dynamic_batching"])),
+                    st.one_of(knob_values, st.sampled_from(["int", "pow2", "bool", "choice", "fraction", "unset", "dynamic_batching"])),
                     max_size=5),
 )
 documents = st.one_of(
@@ -127,3 +136,134 @@ def test_examples_are_valid():
                         {"max_batch_size": 32}, {})
     samples = load_input_data(ROOT / "examples" / "mlp_inputs.json", specs)
     assert len(samples) == 3 and all(s["INPUT"].shape == (1, 256) for s in samples)
+
+
+# Built-in spaces express only meaningful configs (issue 13 item 7).
+
+BUILTIN = ["default", "cpu", "gpu"]
+
+
+def builtin(name):
+    return load_space(ROOT / "search_spaces" / f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_spaces_hold_only_meaningful_configs(name):
+    space = builtin(name)
+    delays = next(k for k in space.knobs if k.name == "max_queue_delay_microseconds")
+    assert delays.log and delays.ladder()[0] >= 50
+    for config in space.grid_configs():
+        if config.max_batch_size == 1:  # no batch can form: never with dynamic batching
+            assert config.dynamic_batching is False
+        if not config.dynamic_batching:  # batching-only knobs are left out, so such configs share one key
+            assert config.max_queue_delay_microseconds is None and config.preferred_batch_size is None
+        else:
+            assert config.max_queue_delay_microseconds in delays.ladder()
+        if config.preferred_batch_size:  # a share of the max batch: never batching in name only
+            (size,) = config.preferred_batch_size
+            assert config.max_batch_size is not None and config.max_batch_size % size == 0
+            assert 2 * size >= config.max_batch_size
+
+
+def test_default_space_leaves_preferred_sizes_to_the_model_and_counts_its_configs():
+    space = builtin("default")
+    assert "preferred_batch_size" not in {k.name for k in space.knobs}
+    # 4 instance counts x (7 max batch sizes off + 6 of them (not 1) on x 7 queue delays)
+    assert len(space.grid_configs()) == 4 * (7 + 6 * 7)
+
+
+def test_queue_delay_is_a_log_ladder_sampled_by_step():
+    space = builtin("default")
+    assert space.grid()["max_queue_delay_microseconds_step"] == list(range(7))
+    on = space.sample(optuna.trial.FixedTrial({"instance_count": 1, "max_batch_size_exp": 4, "dynamic_batching": 1,
+                                               "max_queue_delay_microseconds_step": 3}))
+    assert on == TrialConfig(instance_count=1, max_batch_size=16, dynamic_batching=True,
+                             max_queue_delay_microseconds=400)
+    assert space.params_of(on)["max_queue_delay_microseconds_step"] == 3
+    # a delay off the ladder (e.g. the model's own) is not a point of the space: dropped, not rounded
+    assert "max_queue_delay_microseconds_step" not in space.params_of(
+        TrialConfig(instance_count=1, max_batch_size=16, dynamic_batching=True, max_queue_delay_microseconds=300))
+    gpu = next(k for k in builtin("gpu").knobs if k.name == "max_queue_delay_microseconds")
+    assert gpu.ladder() == [100, 200, 400, 800, 1600, 3200, 6400]
+
+
+def test_ladder_ends_at_high_even_off_the_doubling():
+    space = parse_space({"knobs": {"dynamic_batching": True, "max_queue_delay_microseconds":
+                                   {"low": 100, "high": 500, "log": True}}}, "x.yaml")
+    assert space.knobs[1].ladder() == [100, 200, 400, 500]
+
+
+def test_equivalent_configs_map_to_one_key():
+    space = builtin("default")
+    off = [space.sample(optuna.trial.FixedTrial({"instance_count": 2, "max_batch_size_exp": 3, "dynamic_batching": 0,
+                                                 "max_queue_delay_microseconds_step": step})) for step in range(7)]
+    assert len({c.key() for c in off}) == 1
+    # max batch 1 with dynamic batching on is the same config as with it off
+    one_on = space.sample(optuna.trial.FixedTrial({"instance_count": 2, "max_batch_size_exp": 0,
+                                                   "dynamic_batching": 1, "max_queue_delay_microseconds_step": 5}))
+    one_off = space.sample(optuna.trial.FixedTrial({"instance_count": 2, "max_batch_size_exp": 0,
+                                                    "dynamic_batching": 0}))
+    assert one_on == one_off == TrialConfig(instance_count=2, max_batch_size=1, dynamic_batching=False)
+
+
+def test_preferred_size_as_a_fraction_of_the_sampled_max_batch():
+    space = builtin("gpu")
+    assert space.grid()["preferred_batch_size_fraction"] == ["unset", 1.0, 0.5]
+
+    def sample(exp, fraction):
+        return space.sample(optuna.trial.FixedTrial({"instance_count": 1, "max_batch_size_exp": exp,
+                                                     "dynamic_batching": 1, "max_queue_delay_microseconds_step": 0,
+                                                     "preferred_batch_size_fraction": fraction}))
+
+    assert sample(6, 0.5).preferred_batch_size == (32,)
+    assert sample(3, 1.0).preferred_batch_size == (8,)
+    unset = sample(6, "unset")
+    assert unset.preferred_batch_size == () and "preferred_batch_size=unset" in unset.describe()
+    assert TrialConfig.from_knobs(unset.knobs()) == unset
+    for config in (sample(6, 0.5), sample(3, 1.0), unset):
+        assert space.sample(optuna.trial.FixedTrial(space.params_of(config))) == config
+
+
+def test_unset_preferred_sizes_clear_the_models_own_and_dedupe_with_none():
+    from tuner.model_config import apply_trial, load_model_config, trial_of
+
+    base = load_model_config(ROOT / "model_repository", "mlp")
+    with_own = apply_trial(base, TrialConfig(dynamic_batching=True, preferred_batch_size=(16,)))
+    cleared = apply_trial(with_own, TrialConfig(dynamic_batching=True, preferred_batch_size=()))
+    assert list(cleared.dynamic_batching.preferred_batch_size) == []
+    plain = apply_trial(base, TrialConfig(dynamic_batching=True))
+    assert trial_of(cleared).key() == trial_of(plain).key()
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "fraction", "choices": [0.3]}, r"fractions of max_batch_size such as 1, 0.5, 0.25; got 0.3"),
+    ({"type": "fraction", "choices": []}, "expected a non-empty list"),
+    ({"type": "fraction", "choices": [0.5, 0.5]}, "has duplicates"),
+    ({"type": "fraction", "choices": [True]}, "got True"),
+    ({"type": "fraction", "choices": [2]}, "got 2"),
+])
+def test_fraction_schema_errors_name_the_key(spec, message):
+    document = {"knobs": {"max_batch_size": {"type": "pow2", "low": 1, "high": 8}, "dynamic_batching": {"type": "bool"},
+                          "preferred_batch_size": spec}}
+    with pytest.raises(BadInput, match=message) as info:
+        parse_space(document, "s.yaml")
+    assert str(info.value).startswith("s.yaml: knobs.preferred_batch_size.choices")
+
+
+def test_fraction_needs_max_batch_size_in_the_space():
+    with pytest.raises(BadInput, match=r"s.yaml: knobs.preferred_batch_size.type: fraction is a share of "
+                                       "max_batch_size"):
+        parse_space({"knobs": {"dynamic_batching": {"type": "bool"},
+                               "preferred_batch_size": {"type": "fraction", "choices": [1]}}}, "s.yaml")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(BUILTIN), st.data())
+def test_any_sampled_config_of_a_builtin_space_applies_to_the_model(name, data):
+    from tuner.model_config import apply_trial, load_model_config
+
+    space = builtin(name)
+    params = {param: data.draw(st.sampled_from(values), label=param) for param, values in space.grid().items()}
+    config = space.sample(optuna.trial.FixedTrial(params))
+    apply_trial(load_model_config(ROOT / "model_repository", "mlp"), config)  # never an invalid config
+    assert space.sample(optuna.trial.FixedTrial(space.params_of(config))) == config

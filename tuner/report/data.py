@@ -10,7 +10,15 @@ from typing import Any
 
 from tuner import paths
 from tuner.errors import BadInput
-from tuner.objective import pareto_front, score
+from tuner.objective import (
+    PriceOfSpeed,
+    best_trial,
+    fastest_trial,
+    mean_power_w,
+    pareto_front,
+    price_of_speed,
+    score,
+)
 from tuner.results import TrialResult
 
 
@@ -52,6 +60,11 @@ class ReportData:
     def ranked(self) -> list[TrialResult]:
         """Feasible trials, best first."""
         return sorted((r for r in self.results if r.feasible), key=lambda r: -score(r.measurement))
+
+    @property
+    def objective(self) -> str:
+        """What the search maximised: efficiency (inferences per joule) or throughput (infer/s)."""
+        return str(self.summary.get("objective") or "efficiency")
 
     def status(self, result: TrialResult) -> str:
         """feasible, infeasible or failed."""
@@ -131,8 +144,9 @@ def headline(data: ReportData) -> Headline:
         return Headline("No config met the constraints", [f"Nothing was exported.{detail}"], False)
     m = best.measurement
     is_baseline = base is not None and base.number == best.number
-    lines = [f"Chosen: trial {best.number}: {best.config.describe()}."
-             + (" This is the model's own config: no measured config was more efficient." if is_baseline else "")]
+    lines = [f"Chosen ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
+             + (f" This is the model's own config: no measured config was "
+                f"{'faster' if data.objective == 'throughput' else 'more efficient'}." if is_baseline else "")]
     tie = False
     chosen_e = energy_per_inference_mj(best)
     if is_baseline and chosen_e is not None:
@@ -167,6 +181,8 @@ def headline(data: ReportData) -> Headline:
                  "the baseline, within the spread: a tie")
     elif base is not None and base.measurement is not None and chosen_e is not None and saved >= 0:
         title = f"{data.model}: trial {best.number} saves {saved:.3f} mJ per inference ({percent:.1f}%)"
+    elif data.objective == "throughput":
+        title = f"{data.model}: trial {best.number} is the fastest feasible config"
     else:
         title = f"{data.model}: trial {best.number} is the most efficient feasible config"
     return Headline(title, lines, tie)
@@ -189,3 +205,55 @@ def _load_words(load: dict[str, Any]) -> str:
     if mode == "auto":
         return f"per config, the highest concurrency keeping p99 within {load.get('max_p99_ms')} ms"
     return "unknown"
+
+
+def _objective_words(objective: str) -> str:
+    return ("--objective throughput: the fastest feasible config" if objective == "throughput"
+            else "--objective efficiency: the most efficient feasible config")
+
+
+@dataclass(frozen=True)
+class Picks:
+    """Both picks side by side, whatever the objective: the rows of a two-column table and the price of speed."""
+
+    efficient: TrialResult | None
+    fastest: TrialResult | None
+    price: PriceOfSpeed | None
+    rows: list[tuple[str, str, str]]  # (quantity with unit, most efficient, fastest)
+    sentence: str
+
+
+def picks(data: ReportData) -> Picks:
+    """The most efficient and the fastest feasible config, and what the speed costs in energy (source named)."""
+    efficient, fastest = best_trial(data.results, "efficiency"), fastest_trial(data.results)
+    price = price_of_speed(efficient, fastest)
+    if efficient is None or fastest is None or price is None:
+        return Picks(efficient, fastest, None, [], "No feasible config, so neither pick exists.")
+
+    def column(r: TrialResult) -> list[str]:
+        m = r.measurement
+        assert m is not None
+        e = energy_per_inference_mj(r)
+        watts = mean_power_w(m)
+        chosen = " (exported)" if r.number == data.best_number else ""
+        return [f"{r.number}{chosen}", r.config.describe(),
+                f"{score(m):.2f} ± {_ci(m.inferences_per_j.ci95):.2f}", f"{e[0]:.3f}" if e else "–",
+                f"{m.throughput_per_s.mean:.0f} ± {_ci(m.throughput_per_s.ci95):.0f}", f"{m.p99_ms.mean:.2f}",
+                f"{watts:.1f}" if watts is not None else "–",
+                f"{m.memory_mb:.0f}" if m.memory_mb is not None else "–", m.energy_source]
+
+    labels = ["trial", "config", "inferences/J (95% CI)", "mJ / inference", "throughput (infer/s, 95% CI)",
+              "p99 (ms)", f"mean power (W, {price.energy_accounting} energy)", "memory (MB)", "energy source"]
+    rows = list(zip(labels, column(efficient), column(fastest), strict=True))
+    if price.same_config:
+        sentence = (f"Same config: trial {efficient.number} is both the most efficient and the fastest feasible "
+                    "config, so speed costs no extra energy here.")
+    elif price.extra_energy_per_inference_mj is None or price.extra_power_w is None:
+        sentence = (f"The fastest (trial {fastest.number}) runs {price.extra_throughput_per_s:+.0f} infer/s over the "
+                    f"most efficient (trial {efficient.number}); energy was not metered.")
+    else:
+        sentence = (f"Price of speed: the fastest (trial {fastest.number}) runs {price.extra_throughput_per_s:+.0f} "
+                    f"infer/s over the most efficient (trial {efficient.number}) for "
+                    f"{price.extra_energy_per_inference_mj:+.3f} mJ per inference and {price.extra_power_w:+.1f} W "
+                    f"({price.energy_source}, {price.energy_accounting} energy).")
+    return Picks(efficient, fastest, price, rows, sentence)

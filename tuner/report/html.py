@@ -11,7 +11,7 @@ from tuner import paths
 from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, headline
+from tuner.report.data import ReportData, energy_per_inference_mj, headline, picks
 from tuner.results import KNOBS
 
 CSS = """
@@ -95,6 +95,16 @@ def trials_table(data: ReportData) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def picks_table(data: ReportData) -> str:
+    """Both picks side by side and the energy price of speed."""
+    both = picks(data)
+    rows = "".join(f'<tr><th>{html.escape(label)}</th><td class="text">{html.escape(a)}</td>'
+                   f'<td class="text">{html.escape(b)}</td></tr>' for label, a, b in both.rows)
+    table = (f'<table class="picks"><thead><tr><th></th><th>most efficient</th><th>fastest</th></tr></thead>'
+             f"<tbody>{rows}</tbody></table>" if rows else "")
+    return f'{table}<p class="price">{html.escape(both.sentence)}</p>'
+
+
 def provenance(data: ReportData) -> str:
     """Where and how the numbers were made."""
     s = data.summary
@@ -143,6 +153,7 @@ def render_html(data: ReportData) -> str:
 <p class="muted">{len(data.results)} configs measured · stop: {html.escape(str(data.summary.get('stop_reason')))} ·
 energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
 <section class="headline{'' if data.best_number is not None else ' none'}"><h2 style="border:0;margin:0 0 8px">{html.escape(head.title)}</h2>{lines}{tie}{tie_note}</section>
+<h2>Most efficient vs fastest feasible config</h2>{picks_table(data)}
 <h2>Pareto front</h2>
 <div class="grid"><div class="card">{parts[0]}</div><div class="card">{parts[1]}</div></div>
 <h2>All trials</h2><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>

@@ -10,7 +10,7 @@ from tuner.fileio import atomic_write
 from tuner.model_config import ModelConfig, apply_trial, to_text
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, headline
+from tuner.report.data import ReportData, energy_per_inference_mj, headline, picks
 
 TOP_COUNT = 5
 
@@ -38,6 +38,13 @@ def render_markdown(data: ReportData, png_name: str | None) -> str:
     out += [f"- {line}" for line in head.lines]
     if head.tie:
         out.append("- **Within the measurement spread of the baseline: a tie, not a proven saving.**")
+    both = picks(data)
+    out += ["", "### Most efficient vs fastest feasible config", ""]
+    if both.rows:
+        out += ["| | most efficient | fastest |", "|---|---|---|"]
+        out += [f"| {label} | {a} | {b} |" for label, a, b in both.rows]
+        out.append("")
+    out.append(both.sentence)
     out += ["", f"### Top configs ({len(data.ranked())} feasible of {len(data.results)} measured)", "",
             "| trial | config | infer/J (95% CI) | mJ / inference | throughput (infer/s) | p99 (ms) | memory (MB) |",
             "|---|---|---|---|---|---|---|"]
