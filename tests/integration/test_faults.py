@@ -115,11 +115,10 @@ def test_config_triton_refuses_fails_that_trial_with_tritons_words(tmp_path):
 
 
 def test_hanging_requests_time_out_and_fail_the_measurement(tmp_path):
-    started = time.monotonic()
+    # Bounded by run_cli's timeout (a hang raises TimeoutExpired), not by a wall-clock figure a busy machine misses.
     result = run_cli(["measure", "-r", str(FIXTURES), "-m", "slow", "-c", "2", "--request-timeout", "0.3",
                       "--warmup", "0", "--window", "1", "--max-windows", "3", "--idle-seconds", "0",
-                      "-o", str(tmp_path)], timeout=120)
-    assert time.monotonic() - started < 90  # bounded: the load generator never waits forever
+                      "-o", str(tmp_path)], timeout=300)
     assert result.returncode == 1, result.stderr
     assert "requests failed" in result.stderr and "Deadline Exceeded" in result.stderr
     assert "Traceback" not in result.stderr

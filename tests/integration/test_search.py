@@ -77,6 +77,18 @@ def _wait_for_records(path, count, proc, timeout=240):
     pytest.fail("search did not finish trials in time")
 
 
+def _wait_for_next_load(out, proc, model="mlp", timeout=240):
+    """Wait until Triton logs one more load of the model than now (the next trial's config is in place)."""
+    log, needle = out / "tritonserver.log", f"successfully loaded '{model}'"
+    seen = log.read_text(errors="replace").count(needle)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(needle) <= seen:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        if time.monotonic() > deadline:
+            pytest.fail("the next trial's config never loaded")
+        time.sleep(0.1)
+
+
 def test_killed_search_resumes_keeping_finished_trials(tmp_path):
     args = [*SEARCH, "--trials", "4", "--max-p99-ms", "500", "-o", str(tmp_path)]
     proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -107,7 +119,7 @@ def test_sigint_mid_search_then_resume_reaches_same_count(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_records(tmp_path / "trials", 1, proc)
-    time.sleep(1.5)  # inside the next trial's measurement
+    _wait_for_next_load(tmp_path, proc)  # inside the next trial's measurement
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "--resume" in stderr and "Traceback" not in stderr
