@@ -71,6 +71,19 @@ def wait_records(out: Path, count: int, proc: subprocess.Popen[str], timeout: fl
     pytest.fail("timed out waiting for trial records")
 
 
+def wait_next_load(out: Path, proc: subprocess.Popen[str], model: str = "mlp", timeout: float = 240) -> None:
+    """Wait until Triton logs one more load of the model than now (the next trial's config is in place)."""
+    log, needle = out / "tritonserver.log", f"successfully loaded '{model}'"
+    seen = log.read_text(errors="replace").count(needle)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(needle) <= seen:
+        if proc.poll() is not None:
+            pytest.fail(f"greentune exited early ({proc.returncode}): {proc.communicate()[1][-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("the next trial's config never loaded")
+        time.sleep(0.1)
+
+
 def server_pid(out: Path) -> int:
     return int(json.loads((out / ".greentune" / "server.pid.json").read_text())["pgid"])
 
@@ -84,7 +97,7 @@ def test_server_killed_mid_search_is_restarted_and_the_search_finishes(tmp_path)
     proc = start([*SEARCH, "--trials", "4", "-o", str(tmp_path)])
     wait_records(tmp_path, 1, proc)
     first = (tmp_path / "trials" / "trial-0000.json").read_text()
-    time.sleep(1.0)
+    wait_next_load(tmp_path, proc)  # the next trial's config is loaded: kill the server mid-trial
     os.kill(server_pid(tmp_path), signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
