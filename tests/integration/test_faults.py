@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -189,15 +190,22 @@ def test_interrupts_leave_a_consistent_resumable_study(tmp_path, case):
 def test_sigkill_during_a_known_trial_leaves_one_failed_trial_measured_again_on_resume(tmp_path):
     args = [*HELD_SEARCH, "--trials", "3", "-o", str(tmp_path)]
     proc = start(args, hold_after(tmp_path, 1))
-    wait_held(tmp_path, proc)  # trial 0 is recorded; the next trial's config is loading and held there
-    proc.kill()
-    proc.wait()
-    running = [t for t in study_trials(tmp_path) if t.state == TrialState.RUNNING]
-    assert len(running) == 1  # SIGKILL ran no cleanup: the held trial is still RUNNING in the study
-    killed = running[0]
-    assert not (tmp_path / "trials" / f"trial-{killed.number:04d}.json").exists()
-
-    resumed = run_cli([*args, "--resume"])
+    try:
+        wait_held(tmp_path, proc)  # trial 0 is recorded; the next trial's config is loading and held there
+    finally:
+        proc.kill()
+        proc.wait()
+    leftover = server_pid(tmp_path)
+    try:
+        running = [t for t in study_trials(tmp_path) if t.state == TrialState.RUNNING]
+        assert len(running) == 1  # SIGKILL ran no cleanup: the held trial is still RUNNING in the study
+        killed = running[0]
+        assert not (tmp_path / "trials" / f"trial-{killed.number:04d}.json").exists()
+        resumed = run_cli([*args, "--resume"])
+    finally:
+        if psutil.pid_exists(leftover):  # the resumed run stops it; this is for a test that failed before that
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leftover, signal.SIGKILL)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "interrupted by an earlier run will be retried" in resumed.stderr
     trials = study_trials(tmp_path)
