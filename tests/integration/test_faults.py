@@ -176,6 +176,7 @@ def test_interrupts_leave_a_consistent_resumable_study(tmp_path, case):
     assert shm_regions() <= before
     exported = tmp_path / "held" / "config.pbtxt"
     assert not exported.exists()  # the export never completed, and nothing half-written is left
+    assert not list(tmp_path.glob("held/.config.pbtxt.*"))
     if (tmp_path / "study.db").exists():
         assert not [t.number for t in study_trials(tmp_path) if t.state == TrialState.RUNNING]
     resumed = run_cli([*args, "--resume"])
