@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -12,11 +13,43 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 
-# Two-sided 95% Student's t quantiles by degrees of freedom (above 30: 1.96).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-       12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-for _df in range(11, 31):
-    T95.setdefault(_df, T95[max(k for k in T95 if k <= _df)])
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile_95(df: int) -> float:
+    """Two-sided 95% Student's t quantile (the 0.975 point) for `df` degrees of freedom, exact to ~1e-12.
+
+    Bisection on the closed form of P(|T| <= t) for integer df (Abramowitz & Stegun 26.7.3/26.7.4, with
+    theta = atan(t / sqrt(df))): no table to round and no dependency as large as scipy for one number.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+
+    def central(theta: float) -> float:
+        cos2, sin = math.cos(theta) ** 2, math.sin(theta)
+        if df % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)), up to cos^(df-2)
+            term, total = math.cos(theta), 0.0
+            for j in range(1, df - 1, 2):
+                total += term
+                term *= (j + 1) / (j + 2) * cos2
+            return 2 / math.pi * (theta + sin * total)
+        term, total = 1.0, 0.0  # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...), up to cos^(df-2)
+        for j in range(0, df - 1, 2):
+            total += term
+            term *= (j + 1) / (j + 2) * cos2
+        return sin * total
+
+    low, high = 0.0, math.pi / 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        if central(mid) < 0.95:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-15:
+            break
+    return math.sqrt(df) * math.tan((low + high) / 2)
+
 
 INSTANCE_KINDS = ("KIND_CPU", "KIND_GPU", "KIND_AUTO")
 
@@ -127,7 +160,7 @@ class Spread:
         """Half-width of the 95% confidence interval of the mean (Student's t; nan below 2 values)."""
         if self.n < 2 or not math.isfinite(self.sd):
             return math.nan
-        t = T95.get(self.n - 1, 1.96)
+        t = t_quantile_95(self.n - 1)
         return t * self.sd / math.sqrt(self.n)
 
     def interval(self) -> tuple[float, float]:

@@ -1,9 +1,11 @@
 """A fake at the pynvml call boundary that replays GPU power traces the way real NVML reports them.
 
 Shaped on the H100 reference runs in shared/gpu/README.md: the total-energy counter, the 1 s averaged
-power (nvmlDeviceGetPowerUsage) and the instantaneous-power field all update every ~100 ms; idle with a
-CUDA context open is ~118 W, a 2-instance dynamic-batching MLP under load ~224 W. It raises the real
-pynvml error classes, so the meter's error handling is exercised as on hardware.
+power (nvmlDeviceGetPowerUsage) and the instantaneous-power field all update every ~100 ms; ~70 W with no
+CUDA context, 117-131 W idle with the server up, 149-224 W under load (224 W: 4 instances without dynamic
+batching). `idle_to_load_trace` replays a server going from idle to load; a GPU can lack the energy
+counter or the instantaneous-power field (older parts). It raises the real pynvml error classes, so the
+meter's error handling is exercised as on hardware.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def h100_trace(seconds: float = 120.0, idle_w: float = 118.0, load_w: float = 22
     return level * (1 + 0.015 * rng.standard_normal(steps))
 
 
+def idle_to_load_trace(idle_s: float, ramp_s: float, idle_w: float = 121.0, load_w: float = 224.0,
+                       seconds: float = 120.0, seed: int = 1) -> np.ndarray:
+    """Power (W) per 100 ms step: server up and idle for idle_s, a linear ramp over ramp_s, then load (~1.5% jitter)."""
+    rng = np.random.default_rng(seed)
+    steps = int(seconds / UPDATE_S)
+    t = np.arange(steps) * UPDATE_S
+    level = idle_w + (load_w - idle_w) * np.clip((t - idle_s) / ramp_s, 0, 1)
+    return level * (1 + 0.015 * rng.standard_normal(steps))
+
+
 @dataclass
 class FakeGpu:
     trace_w: np.ndarray
@@ -37,6 +49,7 @@ class FakeGpu:
     counter_supported: bool = True
     processes: tuple[int, ...] = ()
     instant_scale: float = 1.0  # a power sensor that reads off (A100/H100 sensors sample part of the time)
+    instant_supported: bool = True  # NVML_FI_DEV_POWER_INSTANT (newer drivers and parts only)
 
 
 class FakeNvml:
@@ -70,6 +83,20 @@ class FakeNvml:
         trace = self.gpus[index].trace_w
         s0, s1 = int(t0 / UPDATE_S), int(t1 / UPDATE_S)
         return float(trace[s0:s1].sum() * UPDATE_S)
+
+    def true_energy_j(self, index: int, t0: float, t1: float) -> float:
+        """Joules the replayed GPU drew between two elapsed times (the trace's steps, cut at both ends)."""
+        trace = self.gpus[index].trace_w
+        s0, s1 = int(t0 / UPDATE_S), int(t1 / UPDATE_S)
+        if s0 == s1:
+            return float(trace[s0] * (t1 - t0))
+        inner = trace[s0 + 1:s1].sum() * UPDATE_S
+        return float(inner + trace[s0] * ((s0 + 1) * UPDATE_S - t0) + trace[s1] * (t1 - s1 * UPDATE_S))
+
+    def average_power_w(self, index: int, t: float) -> float:
+        """What nvmlDeviceGetPowerUsage answers at elapsed time t: the mean of the last ~1 s of steps."""
+        step = int(t / UPDATE_S)
+        return float(self.gpus[index].trace_w[max(0, step - 10): step + 1].mean())
 
     # -- pynvml API
     def nvmlInit(self) -> None:
@@ -108,16 +135,14 @@ class FakeNvml:
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
         """mW averaged over the last 1 s (Ampere and newer)."""
         self._check("power")
-        step = self._step()
-        window = self.gpus[handle].trace_w[max(0, step - 10): step + 1]
-        return int(window.mean() * 1000)
+        return int(self.average_power_w(handle, self._now()) * 1000)
 
     def nvmlDeviceGetFieldValues(self, handle: int, field_ids: list[int]) -> list[SimpleNamespace]:
         self._check("field")
         out = []
         for field_id in field_ids:
-            if field_id == pynvml.NVML_FI_DEV_POWER_INSTANT:
-                gpu = self.gpus[handle]
+            gpu = self.gpus[handle]
+            if field_id == pynvml.NVML_FI_DEV_POWER_INSTANT and gpu.instant_supported:
                 watts = gpu.trace_w[self._step()] * gpu.instant_scale
                 out.append(SimpleNamespace(nvmlReturn=0, valueType=1,
                                            value=SimpleNamespace(uiVal=int(watts * 1000))))

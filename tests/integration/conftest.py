@@ -32,6 +32,13 @@ def server(tmp_path_factory):
     assert triton_processes() == []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_leftovers_at_module_end():
+    """Every integration module ends with no tritonserver or stub left (the session server aside)."""
+    yield
+    assert triton_processes() == [], "left behind by this module"
+
+
 def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess[str]:
     """Run the real greentune console script in a subprocess."""
     return subprocess.run(

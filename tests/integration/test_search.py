@@ -8,12 +8,16 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pandas as pd
 import pytest
+from optuna.trial import TrialState
 
-from tests.conftest import MODEL_REPOSITORY, triton_processes
+from tests.conftest import MODEL_REPOSITORY, ROOT, triton_processes
 from tests.integration.conftest import FAST_FLAGS, run_cli
 from tuner.model_config import read_model_config
+from tuner.objective import overlaps, ties_with
+from tuner.results import TrialResult
 from tuner.server import control
 
 pytestmark = pytest.mark.integration
@@ -73,6 +77,18 @@ def _wait_for_records(path, count, proc, timeout=240):
     pytest.fail("search did not finish trials in time")
 
 
+def _wait_for_next_load(out, proc, model="mlp", timeout=240):
+    """Wait until Triton logs one more load of the model than now (the next trial's config is in place)."""
+    log, needle = out / "tritonserver.log", f"successfully loaded '{model}'"
+    seen = log.read_text(errors="replace").count(needle)
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(needle) <= seen:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        if time.monotonic() > deadline:
+            pytest.fail("the next trial's config never loaded")
+        time.sleep(0.1)
+
+
 def test_killed_search_resumes_keeping_finished_trials(tmp_path):
     args = [*SEARCH, "--trials", "4", "--max-p99-ms", "500", "-o", str(tmp_path)]
     proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -103,7 +119,7 @@ def test_sigint_mid_search_then_resume_reaches_same_count(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "tuner", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_records(tmp_path / "trials", 1, proc)
-    time.sleep(1.5)  # inside the next trial's measurement
+    _wait_for_next_load(tmp_path, proc)  # inside the next trial's measurement
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "--resume" in stderr and "Traceback" not in stderr
@@ -129,6 +145,39 @@ def test_repeats_idle_baseline_and_dynamic_accounting(tmp_path):
     saved = summary["savings_vs_baseline"]
     assert saved["total_energy_per_inference_j_chosen"] > saved["energy_per_inference_j_chosen"]
     assert isinstance(summary["ties_with_best"], list)
+    # idle x measured time came off the objective's joules, exactly (the 1% floor is far away under load)
+    assert best["idle_power_w"] == pytest.approx(summary["idle_power_total_w"])
+    assert best["total_energy_j"] - best["energy_j"] == pytest.approx(best["idle_power_w"] * best["duration_s"])
+    assert best["energy_j"] > 0.01 * best["total_energy_j"]
+    # ties and within_spread are what the saved per-trial records say, recomputed here
+    records = [TrialResult.from_dict(json.loads(p.read_text())["trial"]) for p in (tmp_path / "trials").glob("*.json")]
+    chosen = next(r for r in records if r.number == summary["best"]["trial"])
+    base = next(r for r in records if r.number == summary["baseline"]["trial"])
+    assert summary["ties_with_best"] == ties_with(chosen, records)
+    assert chosen.number not in summary["ties_with_best"]
+    assert saved["within_spread"] == overlaps(chosen.measurement, base.measurement)
+    if base.number != chosen.number and base.feasible:
+        assert (base.number in summary["ties_with_best"]) == saved["within_spread"]
+
+
+def test_two_config_space_stops_exhausted_and_reuses_duplicates(tmp_path):
+    space = tmp_path / "two.yaml"
+    space.write_text("version: 1\nknobs:\n  instance_count: {type: choice, choices: [1, 2]}\n")
+    out = tmp_path / "out"
+    result = run_cli(["search", "-r", str(ROOT / "tests" / "fixtures" / "model_repository"), "-m", "held", "--space",
+                      str(space), "--trials", "5", "-c", "2", "--idle-seconds", "0.5", *FAST_FLAGS, "-o", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trial_count"] == 2 and "space exhausted" in summary["stop_reason"]
+    trials = pd.read_csv(out / "trials.csv")
+    assert sorted(trials["instance_count"]) == [1, 2]  # the model's own config (1 instance) and the other one
+    study = optuna.load_study(study_name="greentune-held", storage=f"sqlite:///{out / 'study.db'}")
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reused = [t for t in complete if "duplicate_of" in t.user_attrs]
+    assert reused and summary["duplicate_proposals_reused"] == len(reused) == len(complete) - 2
+    assert {t.user_attrs["duplicate_of"] for t in reused} <= set(trials["trial"])
+    assert len(list((out / "trials").glob("trial-*.json"))) == 2  # reused proposals are never measured
+    assert triton_processes() == []
 
 
 def test_concurrency_auto_drives_each_config_to_its_latency_limit(tmp_path):

@@ -21,9 +21,13 @@ from tuner.server.probes import ProcessTreeProbe
 WINDOW_S = 2.0
 
 
-def run_window(meter, seconds=WINDOW_S):
+def run_window(meter, seconds=WINDOW_S, fake=None, power_reads=0):
+    """One window of at least `seconds`, held open until the fake has answered `power_reads` power samples."""
     meter.begin()
     time.sleep(seconds)
+    deadline = time.monotonic() + 120
+    while fake is not None and fake.calls.count("power") < power_reads and time.monotonic() < deadline:
+        time.sleep(0.05)  # a busy machine delays the sampling thread: wait for the samples, not the clock
     return meter.end()
 
 
@@ -36,7 +40,7 @@ def _reset_nvml_cache():
 
 def test_counter_gives_the_replayed_joules():
     fake = FakeNvml([FakeGpu(h100_trace(idle_w=224.0, load_w=224.0))])
-    reading = run_window(NvmlMeter([0], nvml=fake))
+    reading = run_window(NvmlMeter([0], nvml=fake), fake=fake, power_reads=15)
     assert reading.source == SOURCE_NVML
     first, last = fake.counter_reads[0][1], fake.counter_reads[-1][1]
     assert reading.energy_j["gpu0"] == pytest.approx((last - first) / 1000.0)
