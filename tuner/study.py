@@ -24,6 +24,7 @@ from tuner.errors import (
     ServerError,
     StorageError,
 )
+from tuner.impact import ImpactInputs
 from tuner.load import LoadSpec
 from tuner.measure import (
     InputSource,
@@ -120,6 +121,7 @@ class SearchJob:
     energy_meter: str = "auto"
     cpu_tdp_watts: float | None = None
     gpus: list[int] | None = None
+    impact: ImpactInputs = field(default_factory=ImpactInputs)  # stated traffic, carbon, prices (reports only)
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
