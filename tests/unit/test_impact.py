@@ -243,3 +243,59 @@ def test_bad_yaml_block_exits_2_naming_file_and_key(tmp_path):
     got = CliRunner().invoke(cli, ["search", "-r", REPO, "-m", "mlp", "--space", str(space), "-o",
                                    str(tmp_path / "o")], catch_exceptions=False)
     assert got.exit_code == 2 and f"{space}: impact.traffic: expected traffic above zero" in got.output
+
+
+# --- reports: the sentence, the section, provenance in words ------------------------------------------------
+
+def _report_data(tmp_path, inputs: ImpactInputs):
+    from tuner.report.data import ReportData
+
+    base, chosen, fast = result(0, measurement(8.0, 1000)), result(1, measurement(4.0, 1500)), result(2, measurement(6.0, 3000))
+    results = [base, chosen, fast]
+    summary = {
+        "model": "mlp", "best": {"trial": 1}, "baseline": {"trial": 0}, "energy_sources": ["estimated"],
+        "savings_vs_baseline": {"within_spread": False}, "load": {"mode": "concurrency", "concurrency": 32},
+        "constraints": {"min_throughput_per_s": None, "max_p99_ms": 50.0, "max_memory_mb": None},
+        "meters": {"estimate": {"name": "estimate", "tdp_w": 20.0, "tdp_basis": "10 W per logical core",
+                                "logical_cores": 2, "idle_fraction": 0.2}},
+        "idle_power_w": {"cpu": 4.1}, "idle_power_total_w": 4.1, "energy_accounting": "total",
+        "study": {"storage": "sqlite:///out/study.db", "name": "greentune-mlp"}, "environment": {},
+        "impact": impact_summary(results, chosen, base, inputs),
+    }
+    return ReportData(tmp_path, summary, results)
+
+
+def test_report_headline_section_and_provenance_in_words(tmp_path):
+    from tuner.report.data import headline
+    from tuner.report.impact_view import impact_section
+    from tuner.report.markdown import render_markdown
+    from tuner.report.words import provenance_items
+
+    data = _report_data(tmp_path, FULL)
+    sentence = data.summary["impact"]["annual"]["sentence"]
+    assert f"Per year: {sentence}" in headline(data).lines
+    assert f"- Per year: {sentence}" in render_markdown(data, None)
+    section = impact_section(data)
+    for role in ("chosen (most inferences per joule)", "fastest (highest throughput)", "baseline (the model"):
+        assert role in section
+    assert "kg CO2e / year" in section and "energy EUR / year" in section
+    words = provenance_items(data.summary)
+    assert words["load"] == "every config driven the same way: closed loop, 32 requests in flight"
+    assert words["constraints"] == "p99 latency at most 50 ms; no throughput floor, no memory limit"
+    assert words["idle power"].startswith("4.1 W in total (cpu 4.1 W), server up, no load")
+    assert "TDP 20 W for 2 logical cores, from 10 W per logical core" in words["meters"]
+    assert words["study"] == "Optuna study 'greentune-mlp' stored in sqlite:///out/study.db"
+    assert "carbon intensity 400 gCO2e/kWh (from --carbon-intensity)" in words["impact inputs"]
+    assert not any(v.startswith("{") for v in words.values())
+
+
+def test_report_without_carbon_intensity_shows_no_carbon_figure(tmp_path):
+    from tuner.report.impact_view import impact_section
+
+    inputs = ImpactInputs(traffic_per_s=2000, energy_price_per_kwh=0.2, currency="USD",
+                          sources={"traffic": "--traffic", "energy_price": "--energy-price", "currency": "--currency"})
+    data = _report_data(tmp_path, inputs)
+    section = impact_section(data)
+    assert "CO2e" not in section.split("<p class=\"muted\">Inputs")[0]
+    assert "no carbon intensity: no carbon figures" in section
+    assert "CO2e" not in data.summary["impact"]["annual"]["sentence"]
