@@ -364,7 +364,7 @@ def annual_summary(results: list[TrialResult], best: TrialResult | None, baselin
             continue
         configs[name] = annual(result.number, joules, result.measurement.throughput_per_s.mean, inputs).to_dict()
     out: dict[str, Any] = {"traffic_per_s": inputs.traffic_per_s, "configs": configs, "chosen_vs_baseline": None,
-                           "sentence": None}
+                           "sentence": None, "made_from": annual_made_from(inputs)}
     if configs["chosen"] is None or configs["baseline"] is None:
         return out
     assert best is not None and baseline is not None and best.measurement and baseline.measurement
@@ -373,6 +373,23 @@ def annual_summary(results: list[TrialResult], best: TrialResult | None, baselin
     out["chosen_vs_baseline"] = comparison.to_dict()
     out["sentence"] = sentence(comparison, inputs)
     return out
+
+
+def annual_made_from(inputs: ImpactInputs) -> list[str]:
+    """The inputs behind the yearly figures, each with the flag or file:key it came from."""
+    def where(key: str) -> str:
+        return inputs.sources.get(key, "default")
+
+    made = ["measured energy per inference and throughput of each config",
+            f"traffic {inputs.traffic_per_s:g} inferences/s ({where('traffic')})", f"PUE {inputs.pue:g} ({where('pue')})"]
+    if inputs.carbon_intensity_g_per_kwh is not None:
+        made.append(f"carbon intensity {inputs.carbon_intensity_g_per_kwh:g} gCO2e/kWh ({where('carbon_intensity')})")
+    if inputs.energy_price_per_kwh is not None:
+        made.append(f"energy price {inputs.energy_price_per_kwh:g} {inputs.currency_label}/kWh ({where('energy_price')})")
+    if inputs.machine_price_per_hour is not None:
+        made.append(f"machine price {inputs.machine_price_per_hour:g} {inputs.currency_label}/hour "
+                    f"({where('gpu_hourly_price')})")
+    return made
 
 
 def _figures(data: dict[str, Any]) -> AnnualFigures:

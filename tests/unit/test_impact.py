@@ -122,6 +122,8 @@ def test_saving_sentence_names_every_input_and_the_fastest_is_recorded():
     assert compare["energy_cost_saved_per_year"] == pytest.approx(10.512)
     assert compare["tie"] is False
     assert yearly["configs"]["fastest"]["trial"] == 2
+    assert "carbon intensity 400 gCO2e/kWh (--carbon-intensity)" in yearly["made_from"]
+    assert "PUE 1 (default)" in yearly["made_from"]
     sentence = yearly["sentence"]
     assert "saves 70.1 kWh, 28.0 kg CO2e (at 400 gCO2e/kWh) and 10.5 EUR of energy (at 0.15 EUR/kWh) a year" in sentence
     assert "2,000 inferences/s" in sentence and "PUE 1" in sentence
