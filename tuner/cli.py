@@ -395,6 +395,8 @@ def search(**flags: Any) -> None:
     \b
     Example:
       greentune search -r model_repository -m mlp --trials 12 --max-p99-ms 20 -o out/
+      greentune search -r model_repository -m mlp -c auto --max-p99-ms 50 -o out/ \\
+        --traffic 2000 --carbon-intensity 400 --energy-price 0.15 --currency EUR
     """
     from tuner.search_run import run_search_command
 
