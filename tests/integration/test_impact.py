@@ -64,6 +64,7 @@ def test_search_with_traffic_reports_the_year_and_per_million_figures(tmp_path):
     assert f"Per year: {sentence}" in report_md
     report_html = (out / "report.html").read_text()
     assert "Energy, carbon and cost at your traffic" in report_html and "kg CO2e / year" in report_html
-    assert '{"mode"' not in report_html.split("<h2>Provenance</h2>")[1]  # provenance in words, not JSON
+    provenance = report_html.split("<h2>Provenance</h2>")[1]
+    assert "&quot;mode&quot;" not in provenance and '{"mode"' not in provenance  # in words, not JSON
     assert "closed loop, 4 requests in flight" in report_html and "carbon intensity 400 gCO2e/kWh" in report_html
     assert triton_processes() == []
