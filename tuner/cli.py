@@ -178,6 +178,35 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def impact_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags stating production traffic, grid carbon intensity and prices (override the space's impact: block)."""
+    options = [
+        click.option("--traffic", default=None, metavar="R|R/day",
+                     help="Production traffic: inferences per second, or R/day (also R/h, R/min) for annual figures."),
+        click.option("--carbon-intensity", default=None, metavar="G",
+                     help="Grid carbon intensity in gCO2e per kWh (no carbon figure without it)."),
+        click.option("--energy-price", default=None, metavar="P", help="Energy price per kWh (in --currency)."),
+        click.option("--currency", default=None, metavar="EUR", help="Label for prices, e.g. EUR or USD."),
+        click.option("--pue", default=None, metavar="F",
+                     help="Data-centre power usage effectiveness, 1.0 to 5 (default 1.0: metered energy only)."),
+        click.option("--gpu-hourly-price", default=None, metavar="H",
+                     help="Cost of one serving machine per hour: with --traffic, machines needed and their cost."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def impact_inputs(flags: dict[str, Any], space: Any) -> Any:
+    """ImpactInputs from the flags over the search space's impact: block."""
+    from tuner.impact import resolve_inputs
+
+    return resolve_inputs({"traffic": flags.get("traffic"), "carbon_intensity": flags.get("carbon_intensity"),
+                           "energy_price": flags.get("energy_price"), "currency": flags.get("currency"),
+                           "pue": flags.get("pue"), "gpu_hourly_price": flags.get("gpu_hourly_price")},
+                          space.impact, space.source)
+
+
 def build_launcher(flags: dict[str, Any], pull_progress: Progress | None = None) -> ServerLauncher:
     """The launcher the flags ask for; flags that do not apply to it are an error, not silently ignored."""
     from tuner.errors import BadInput
@@ -382,6 +411,7 @@ def _load_text(described: dict[str, Any]) -> str:
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Re-measure the top 3 configs until each has N measurements, then choose by their pooled mean.")
+@impact_options
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
               help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
 @handle_errors
@@ -396,6 +426,8 @@ def search(**flags: Any) -> None:
     \b
     Example:
       greentune search -r model_repository -m mlp --trials 12 --max-p99-ms 20 -o out/
+      greentune search -r model_repository -m mlp -c auto --max-p99-ms 50 -o out/ \\
+        --traffic 2000 --carbon-intensity 400 --energy-price 0.15 --currency EUR
     """
     from tuner.search_run import run_search_command
 
@@ -450,6 +482,7 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
 
         raise BadInput(f"--space {name}: no such file and not a built-in space (default, cpu, gpu)")
     space = load_space(path)
+    impact = impact_inputs(flags, space)
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True,
@@ -466,7 +499,7 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                                                                            flags["input_data"]),
                     measure=measure, output=flags["output"], energy_meter=flags["energy_meter"],
                     cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]),
-                    objective=flags["objective"])
+                    objective=flags["objective"], impact=impact)
     return job, settings
 
 
@@ -581,6 +614,7 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
     price = price_of_speed(best_trial(outcome.results), fastest_trial(outcome.results))
     if price is not None:
         out.print(price_text(price), highlight=False)
+    _print_impact(job, outcome)
     html, markdown, _ = paths.report_paths(job.output)
     out.print(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
               f"{html}, {markdown}", highlight=False)
@@ -597,6 +631,26 @@ def price_text(price: Any) -> str:
     return (f"price of speed: the fastest feasible config (trial {price.fastest_trial}) runs "
             f"{price.extra_throughput_per_s:+.0f} infer/s vs the most efficient (trial {price.efficient_trial}) "
             f"at {energy}")
+
+
+def _print_impact(job: Any, outcome: Any) -> None:
+    """The annual sentence (with --traffic) or per-million figures of the chosen config, when impact inputs are given."""
+    from tuner.impact import annual_summary, significant, trial_per_million
+
+    inputs = job.impact
+    if not inputs.stated():
+        return
+    yearly = annual_summary(outcome.results, outcome.best, outcome.baseline, inputs)
+    if yearly is not None and yearly.get("sentence"):
+        out.print(f"[bold]per year:[/] {yearly['sentence']}", highlight=False)
+        return
+    figures = trial_per_million(outcome.best, inputs)
+    if figures is not None:
+        extra = "".join([f", {significant(figures.carbon_g)} g CO2e" if figures.carbon_g is not None else "",
+                         f", {significant(figures.energy_cost)} {inputs.currency_label} of energy"
+                         if figures.energy_cost is not None else ""])
+        out.print(f"per million inferences (trial {outcome.best.number}): {significant(figures.energy_kwh)} kWh{extra} "
+                  f"({', '.join(figures.made_from)}); give --traffic for yearly figures", highlight=False)
 
 
 def _no_feasible_message(outcome: Any, job: Any) -> str:

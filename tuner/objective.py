@@ -108,7 +108,7 @@ def best_trial(results: list[TrialResult], objective: str = "efficiency") -> Tri
 
 def fastest_trial(results: list[TrialResult]) -> TrialResult | None:
     """The feasible trial with the highest mean throughput (ties: more inferences per joule, then lower number)."""
-    feasible = [r for r in results if r.feasible]
+    feasible = [r for r in results if r.feasible and r.measurement is not None]
     if not feasible:
         return None
     return max(feasible, key=lambda r: (_throughput(r), score(r.measurement), -r.number))

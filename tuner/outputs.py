@@ -9,6 +9,7 @@ import pandas as pd
 
 from tuner import paths
 from tuner.fileio import atomic_path
+from tuner.impact import ImpactInputs, impact_summary, trial_per_million
 from tuner.model_config import to_text
 from tuner.objective import (
     OBJECTIVES,
@@ -113,11 +114,14 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "meters": outcome.meter_details,
         "environment": outcome.environment,
         "study": {"storage": outcome.storage_url, "name": outcome.study_name},
+        "impact": impact_summary(outcome.results, outcome.best, outcome.baseline, job.impact),
     }
 
 
-def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd.DataFrame:
-    """One row per measured trial: knobs, measurements with units, sources, feasibility, Pareto membership."""
+def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
+                 impact: ImpactInputs | None = None) -> pd.DataFrame:
+    """One row per measured trial: knobs, measurements with units, sources, feasibility, Pareto, per-million figures."""
+    impact = impact or ImpactInputs()
     front = set(pareto_front(results))
     rows = []
     for r in results:
@@ -149,6 +153,7 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd
             "pareto": r.number in front,
             "failure_reason": r.failure_reason,
         })
+        row.update(_per_million_columns(r, impact))
         for name, value in r.violations.items():
             if name != "failed":
                 row[f"violation_{name}"] = value
@@ -156,9 +161,23 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd
     return pd.DataFrame(rows)
 
 
+def _per_million_columns(result: TrialResult, impact: ImpactInputs) -> dict[str, Any]:
+    """Per-million-inference kWh, g CO2e and energy cost, with the inputs that made them beside them."""
+    figures = trial_per_million(result, impact)
+    return {
+        "energy_kwh_per_million": figures.energy_kwh if figures else None,
+        "carbon_g_per_million": figures.carbon_g if figures else None,
+        "energy_cost_per_million": figures.energy_cost if figures else None,
+        "pue": impact.pue,
+        "carbon_intensity_g_per_kwh": impact.carbon_intensity_g_per_kwh,
+        "energy_price_per_kwh": impact.energy_price_per_kwh,
+        "currency": impact.currency,
+    }
+
+
 def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
     """Write summary.json and trials.csv atomically."""
     write_json(paths.summary_path(job.output), summary_document(job, outcome, exported))
-    frame = trials_frame(outcome.results, outcome.baseline)
+    frame = trials_frame(outcome.results, outcome.baseline, job.impact)
     with atomic_path(paths.trials_csv_path(job.output)) as tmp:
         frame.to_csv(tmp, index=False)

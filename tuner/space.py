@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, Tri
 # The condition a knob always carries (from the knob table).
 IMPLIED_CONDITION = {spec.name: spec.needs for spec in KNOB_SPECS.values() if spec.needs is not None}
 CONSTRAINT_KEYS = ("min_throughput", "max_p99_ms", "max_memory_mb")
-TOP_KEYS = ("version", "description", "knobs", "constraints")
+TOP_KEYS = ("version", "description", "knobs", "constraints", "impact")
 KNOB_KEYS = ("type", "low", "high", "step", "log", "choices", "value", "when")
 POW2_LIMIT = KNOB_SPECS["max_batch_size"].high
 UNSET = "unset"  # a fraction choice: no preferred batch size (Triton's advice for most models)
@@ -87,11 +87,12 @@ class Space:
     knobs: tuple[Knob, ...]
     constraints: dict[str, float]
     source: str
+    impact: dict[str, Any] = field(default_factory=dict)  # the raw impact: block; tuner.impact validates it
 
     def for_model(self, batches: bool) -> Space:
         """The space restricted to what this model supports (batching knobs only where it batches)."""
         knobs = tuple(k for k in self.knobs if batches or k.name not in BATCHING_KNOBS)
-        return Space(knobs, self.constraints, self.source)
+        return replace(self, knobs=knobs)
 
     def sample(self, trial: TrialLike) -> TrialConfig:
         """Suggest every active knob from the trial (conditional knobs only when their switch is on)."""
@@ -258,7 +259,10 @@ def parse_space(document: Any, source: str) -> Space:
         raise BadInput(
             f"{source}: knobs.preferred_batch_size.low: {pref.low} exceeds max_batch_size.high {mbs.high}; no valid value"
         )
-    return Space(tuple(knobs), _parse_constraints(document.get("constraints"), source), source)
+    impact = document.get("impact")
+    if impact is not None and not isinstance(impact, dict):
+        raise BadInput(f"{source}: impact: expected a mapping, e.g. {{traffic: 2000, carbon_intensity: 400}}")
+    return Space(tuple(knobs), _parse_constraints(document.get("constraints"), source), source, dict(impact or {}))
 
 
 def _parse_constraints(raw: Any, source: str) -> dict[str, float]:

@@ -19,6 +19,7 @@ from tuner import paths
 from tuner.bench import Bench, LoadPolicy, TrialBench
 from tuner.errors import BadInput, StorageError
 from tuner.events import Progress, RepeatFailed, RepeatStarted, TrialFinished, TrialsRecovered, TrialStarted, emit
+from tuner.impact import ImpactInputs
 from tuner.measure import InputSource, MeasureSettings, pool_measurements
 from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
@@ -113,6 +114,7 @@ class SearchJob:
 
     def __post_init__(self) -> None:
         check_objective(self.objective)
+    impact: ImpactInputs = field(default_factory=ImpactInputs)  # stated traffic, carbon, prices (reports only)
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""

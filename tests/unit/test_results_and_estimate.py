@@ -69,7 +69,7 @@ def test_trial_result_round_trip(tmp_path):
 
 def test_pure_modules_import_no_network_or_hardware():
     code = (
-        "import sys; import tuner.results, tuner.model_config, tuner.errors, tuner.space, tuner.objective;"
+        "import sys; import tuner.results, tuner.model_config, tuner.errors, tuner.space, tuner.objective, tuner.impact;"
         "bad = [m for m in ('docker', 'pynvml', 'subprocess', 'tritonclient.grpc.aio', 'tritonclient.http', 'psutil')"
         " if m in sys.modules]; print(','.join(bad))"
     )

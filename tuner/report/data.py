@@ -173,7 +173,10 @@ def headline(data: ReportData) -> Headline:
     elif chosen_e is not None:
         lines.append(f"Energy: {chosen_e[0]:.3f} mJ per inference ({source}); the baseline was not measured.")
     load = data.summary.get("load") or {}
-    lines.append(f"Every config was measured under the same load: {_load_words(load)}.")
+    lines.append(f"Every config was measured under the same load: {load_words(load)}.")
+    yearly = annual_sentence(data.summary)
+    if yearly:
+        lines.append(f"Per year: {yearly}")
     if is_baseline:
         title = f"{data.model}: keep the model's own config (trial {best.number}); nothing measured beat it"
     elif base is not None and base.measurement is not None and chosen_e is not None and saved >= 0 and tie:
@@ -188,6 +191,11 @@ def headline(data: ReportData) -> Headline:
     return Headline(title, lines, tie)
 
 
+def annual_sentence(summary: dict[str, Any]) -> str | None:
+    """The saved yearly comparison at the stated traffic (summary.json impact.annual.sentence), if any."""
+    return ((summary.get("impact") or {}).get("annual") or {}).get("sentence")
+
+
 def _ci(value: float) -> float:
     return value if math.isfinite(value) else 0.0
 
@@ -196,7 +204,8 @@ def _pct(value: float, reference: float) -> str:
     return f"{100 * (value / reference - 1):+.1f}%" if reference else "n/a"
 
 
-def _load_words(load: dict[str, Any]) -> str:
+def load_words(load: dict[str, Any]) -> str:
+    """How the load was applied, in words."""
     mode = load.get("mode")
     if mode == "concurrency":
         return f"closed loop, {load.get('concurrency')} requests in flight"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,8 @@ from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
 from tuner.report.data import ReportData, energy_per_inference_mj, headline, picks
+from tuner.report.impact_view import impact_section
+from tuner.report.words import provenance_items
 from tuner.results import KNOBS
 
 CSS = """
@@ -106,25 +107,9 @@ def picks_table(data: ReportData) -> str:
 
 
 def provenance(data: ReportData) -> str:
-    """Where and how the numbers were made."""
+    """Where and how the numbers were made, in words."""
     s = data.summary
-    env = s.get("environment") or {}
-    items = {
-        "greentune": env.get("greentune"), "Triton server": env.get("triton_server"),
-        "Triton binary / image": env.get("triton_binary"), "CPU": f"{env.get('cpu_model')} ({env.get('logical_cores')} logical cores)",
-        "GPU / driver": (f"{env['gpu_models']} (driver {env.get('gpu_driver', '?')})" if env.get("gpu_models")
-                         else "none seen by NVML"),
-        "energy sources": ", ".join(s.get("energy_sources") or []),
-        "meters": json.dumps(s.get("meters") or {}),
-        "idle power": (f"{s['idle_power_total_w']:.1f} W ({json.dumps(s.get('idle_power_w'))})"
-                       if s.get("idle_power_total_w") is not None else "not measured"),
-        "energy accounting": s.get("energy_accounting"),
-        "load": json.dumps(s.get("load")), "constraints": json.dumps(s.get("constraints")),
-        "search space": s.get("search_space"), "stop reason": s.get("stop_reason"),
-        "date": env.get("date"), "command line": env.get("command_line"),
-        "Python / Optuna / tritonclient": f"{env.get('python')} / {env.get('optuna')} / {env.get('tritonclient')}",
-        "OS": env.get("os"), "study": json.dumps(s.get("study")),
-    }
+    items = provenance_items(s)
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
     warnings = s.get("warnings") or []
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
@@ -154,6 +139,7 @@ def render_html(data: ReportData) -> str:
 energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
 <section class="headline{'' if data.best_number is not None else ' none'}"><h2 style="border:0;margin:0 0 8px">{html.escape(head.title)}</h2>{lines}{tie}{tie_note}</section>
 <h2>Most efficient vs fastest feasible config</h2>{picks_table(data)}
+<h2>Energy, carbon and cost at your traffic</h2>{impact_section(data)}
 <h2>Pareto front</h2>
 <div class="grid"><div class="card">{parts[0]}</div><div class="card">{parts[1]}</div></div>
 <h2>All trials</h2><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>
