@@ -337,7 +337,7 @@ def _load_text(load: Any) -> str:
 @server_options
 @load_options
 @click.option("--space", "space_name", default="default", show_default=True,
-              help="Search space: a YAML file, or default, cpu or gpu from search_spaces/.")
+              help="Search space: a YAML file, or a built-in space: default, cpu or gpu (search_spaces/ in the repository).")
 @click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s.")
 @click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms.")
 @click.option("--max-memory-mb", type=float, default=None,
@@ -406,17 +406,20 @@ def _search_job(flags: dict[str, Any]) -> Any:
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
-    from tuner.space import builtin_space_path, load_space
+    from tuner.space import BUILTIN_SPACES, builtin_space, load_space
     from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
     name = flags["space_name"]
-    path = builtin_space_path(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else Path(name)
-    if path is None:
+    builtin = builtin_space(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else None
+    if builtin is not None:
+        space = builtin
+    elif Path(name).is_file():
+        space = load_space(Path(name))
+    else:
         from tuner.errors import BadInput
 
-        raise BadInput(f"--space {name}: no such file and not a built-in space (default, cpu, gpu)")
-    space = load_space(path)
+        raise BadInput(f"--space {name}: no such file and not a built-in space ({', '.join(BUILTIN_SPACES)})")
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True)
