@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,13 +12,20 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuner.errors import EXIT_FAILURE, GreentuneError
+from tuner.redact import mask_url, redact
 from tuner.results import Measurement, Spread
 
 console = Console(stderr=True)
 out = Console()
+
+
+# Flags and environment variables whose values are URLs that may carry a password or token (masked everywhere).
+URL_FLAGS = ("storage", "url", "docker_host")
+URL_ENVIRONMENT = ("GREENTUNE_STORAGE", "DOCKER_HOST")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -34,17 +42,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Remember the credentials in URL-valued flags and environment values first, so none reaches an output.
+        for key in URL_FLAGS:
+            mask_url(kwargs.get(key))
+        for name in URL_ENVIRONMENT:
+            mask_url(os.environ.get(name))
         try:
             return fn(*args, **kwargs)
         except GreentuneError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, markup=True,
+                          soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/] server stopped; rerun with --resume to continue", highlight=False)
             sys.exit(130)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(redact(f'{where}{exc.strerror or exc}'))}", highlight=False)
             sys.exit(EXIT_FAILURE)
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -475,17 +489,21 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
 
 @cli.command()
 @click.argument("output_dir", type=click.Path(path_type=Path))
+@click.option("--storage", default=None, envvar="GREENTUNE_STORAGE",
+              help="The search's --storage URL, for parameter importance (env GREENTUNE_STORAGE; default: "
+                   "OUTPUT_DIR/study.db). Never read from summary.json, which records it with the password masked.")
 @handle_errors
-def report(output_dir: Path) -> None:
+def report(output_dir: Path, storage: str | None) -> None:
     """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs).
 
     \b
     Example:
       greentune report out/
+      GREENTUNE_STORAGE=postgresql://user:PASSWORD@db/greentune greentune report out/
     """
     from tuner.report import write_reports
 
-    for path in write_reports(str(output_dir)):
+    for path in write_reports(str(output_dir), storage=storage):
         out.print(f"wrote {path}", highlight=False)
 
 
@@ -519,7 +537,7 @@ def trial_line(result: Any) -> str:
     """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
     head = f"trial {result.number:>3} "
     if result.failed:
-        return f"{head}[red]failed[/]    {result.config.describe()} · {result.failure_reason}"
+        return f"{head}[red]failed[/]    {escape(result.config.describe())} · {escape(redact(result.failure_reason or ''))}"
     m = result.measurement
     status = "[green]feasible[/]  " if result.feasible else "[yellow]infeasible[/]"
     return (f"{head}{status} {result.config.describe()} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "

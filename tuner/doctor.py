@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.redact import mask_url, redact
 from tuner.server.embedded import PYTRITON_VERSION, cache_dir, embedded_triton
 
 
@@ -48,15 +49,16 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
 
 def _docker_check() -> Check:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    shown = mask_url(host)
     try:
         import docker.client
 
         client = docker.client.DockerClient(base_url=host, timeout=3)
         version = client.version().get("Version", "?")
         client.close()
-        return Check("launcher", "docker API", True, f"{host} (engine {version})")
+        return Check("launcher", "docker API", True, f"{shown} (engine {version})")
     except Exception as exc:
-        return Check("launcher", "docker API", False, f"{host}: {str(exc).splitlines()[0][:120]}",
+        return Check("launcher", "docker API", False, f"{shown}: {redact(str(exc).splitlines()[0][:120])}",
                      "start Docker, or `podman system service --time=0 unix:///PATH.sock` and set DOCKER_HOST")
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 from tuner.fileio import atomic_path
 from tuner.model_config import to_text
 from tuner.objective import closest_trial, overlaps, pareto_front, score, ties_with
+from tuner.redact import mask_url, redact
 from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
@@ -90,7 +91,7 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "energy_sources": sources,
         "meters": outcome.meter_details,
         "environment": outcome.environment,
-        "study": {"storage": outcome.storage_url, "name": outcome.study_name},
+        "study": {"storage": mask_url(outcome.storage_url), "name": outcome.study_name},
     }
 
 
@@ -125,7 +126,7 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None) -> pd
             "repeats": m.repeats if m else None,
             "energy_accounting": m.energy_accounting if m else None,
             "pareto": r.number in front,
-            "failure_reason": r.failure_reason,
+            "failure_reason": redact(r.failure_reason) if r.failure_reason else r.failure_reason,
         })
         for name, value in r.violations.items():
             if name != "failed":

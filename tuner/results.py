@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.redact import redact
+
 SCHEMA_VERSION = 1
 
 # Two-sided 95% Student's t quantiles by degrees of freedom (above 30: 1.96).
@@ -234,7 +236,7 @@ class TrialResult:
             "number": self.number,
             "config": self.config.knobs(),
             "measurement": self.measurement.to_dict() if self.measurement else None,
-            "failure_reason": self.failure_reason,
+            "failure_reason": redact(self.failure_reason) if self.failure_reason else self.failure_reason,
             "violations": dict(self.violations),
             "feasible": self.feasible,
         }

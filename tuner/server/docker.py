@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import BadInput, ServerStartError
+from tuner.redact import mask_url, redact
 from tuner.server.base import Server
 from tuner.server.local import triton_args, wait_ready
 from tuner.server.process import free_ports, port_in_use, signals_deferred
@@ -35,9 +36,9 @@ def docker_client(docker_host: str | None = None) -> Any:
         client = docker.client.DockerClient(base_url=host, timeout=60) if host else docker.client.from_env(timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
-        where = host or "the default socket (unix:///var/run/docker.sock)"
+        where = mask_url(host) or "the default socket (unix:///var/run/docker.sock)"
         raise BadInput(
-            f"--docker-host: no Docker Engine API at {where} ({_first_line(exc)}); start Docker, or start "
+            f"--docker-host: no Docker Engine API at {where} ({redact(_first_line(exc))}); start Docker, or start "
             "`podman system service --time=0 unix:///PATH.sock` and pass --docker-host unix:///PATH.sock"
         ) from None
     return client

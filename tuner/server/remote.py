@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tuner.errors import BadInput, ServerStartError
+from tuner.redact import mask_url
 from tuner.server.base import Server
 from tuner.server.local import wait_ready
 
@@ -20,7 +21,7 @@ class RemoteLauncher:
     def __init__(self, url: str, grpc_port: int | None = None, ready_timeout_s: float = 10.0) -> None:
         parsed = urlparse(url if "://" in url else f"http://{url}")
         if not parsed.hostname or parsed.scheme not in ("http", "https"):
-            raise BadInput(f"--url {url}: expected the server's HTTP address, e.g. http://127.0.0.1:8000")
+            raise BadInput(f"--url {mask_url(url)}: expected the server's HTTP address, e.g. http://127.0.0.1:8000")
         self.http_url = f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 8000}"
         self.grpc_url = f"{parsed.hostname}:{grpc_port or (parsed.port or 8000) + 1}"
         self.metrics_url = f"http://{parsed.hostname}:{(parsed.port or 8000) + 2}/metrics"
