@@ -43,8 +43,14 @@ def wait_records(out: Path, count: int, proc: subprocess.Popen[str], timeout: fl
     pytest.fail("timed out waiting for trial records")
 
 
+def pid_files(out: Path) -> list[Path]:
+    """The run's pid file (one per run: .greentune/server-<pid>-<id>.pid.json)."""
+    return sorted((out / ".greentune").glob("server-*.pid.json"))
+
+
 def server_pid(out: Path) -> int:
-    return int(json.loads((out / ".greentune" / "server.pid.json").read_text())["pgid"])
+    (path,) = pid_files(out)
+    return int(json.loads(path.read_text())["pgid"])
 
 
 def measured_configs(out: Path) -> pd.DataFrame:
@@ -120,7 +126,7 @@ def test_interrupts_leave_a_consistent_resumable_study(tmp_path, case):
     proc = start(args)
     if case == "during-start":
         deadline = time.monotonic() + 60
-        while not (tmp_path / ".greentune" / "server.pid.json").exists() and time.monotonic() < deadline:
+        while not pid_files(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.05)
     elif case == "random":
         time.sleep(rng.uniform(1.0, 12.0))

@@ -13,6 +13,7 @@ from typing import Any
 from tuner.errors import BadInput, ServerStartError
 from tuner.redact import mask_url, redact
 from tuner.server.base import Server
+from tuner.server.identity import Owner
 from tuner.server.local import triton_args, wait_ready
 from tuner.server.process import free_ports, port_in_use, signals_deferred
 
@@ -21,6 +22,8 @@ DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 LABEL_RUN = "greentune.run"
 LABEL_OUTPUT = "greentune.output"
 LABEL_OWNER = "greentune.owner_pid"
+# The owner's identity (tuner/server/identity.py): a container is left over only when its owner is proven dead.
+LABEL_OWNER_PREFIX = "greentune.owner."
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 PullProgress = Any  # callable(event: str, data: dict) -> None
@@ -89,6 +92,7 @@ class DockerLauncher:
         network: str = "host",
         ready_timeout_s: float = 180.0,
         pull_progress: PullProgress | None = None,
+        user: str | None = None,
     ) -> None:
         if network not in ("host", "bridge"):
             raise BadInput(f"--network {network}: expected host or bridge (published ports)")
@@ -100,6 +104,7 @@ class DockerLauncher:
         self.network = network
         self.ready_timeout_s = ready_timeout_s
         self.pull_progress = pull_progress
+        self.user = user
 
     def ensure_image(self, client: Any) -> None:
         """Pull the image when it is not present, reporting progress; BadInput naming the image when it fails."""
@@ -143,9 +148,13 @@ class DockerLauncher:
         kwargs: dict[str, Any] = {
             "detach": True,
             "name": f"greentune-{run_id}",
-            "labels": {LABEL_RUN: run_id, LABEL_OUTPUT: str(output_dir.resolve()), LABEL_OWNER: str(os.getpid())},
+            "labels": {LABEL_RUN: run_id, LABEL_OUTPUT: str(output_dir.resolve()), **owner_labels(Owner.current())},
             "volumes": {str(repo): {"bind": "/models", "mode": "ro"}},
             "shm_size": self.shm_size,
+            # Least privilege: no capabilities, no privilege gain through setuid files, the caller's uid:gid.
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            **self.user_options(),
         }
         ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
         if self.network == "host":
@@ -180,6 +189,12 @@ class DockerLauncher:
                     container.remove(force=True)
                 _remove_by_label(client, run_id)
                 client.close()
+
+    def user_options(self) -> dict[str, Any]:
+        """Run the server as the caller's uid:gid (it needs no more: the repository is read-only, the log goes to
+        stdout), with HOME in /tmp for tools that want one; --container-user overrides (e.g. the image's own user)."""
+        user = self.user if self.user is not None else f"{os.getuid()}:{os.getgid()}"
+        return {"user": user, "environment": {"HOME": "/tmp"}} if user else {}
 
     def _server(self, container: Any, ports: dict[str, int], log_path: Path) -> Server:
         def alive() -> bool:
@@ -242,27 +257,39 @@ def _remove_by_label(client: Any, run_id: str) -> None:
             container.remove(force=True)
 
 
+def owner_labels(owner: Owner) -> dict[str, str]:
+    """Container labels naming the owning greentune process (pid kept under its old label too)."""
+    return {LABEL_OWNER: str(owner.pid), **{LABEL_OWNER_PREFIX + k: v for k, v in owner.to_dict().items()}}
+
+
+def label_owner(labels: dict[str, str]) -> Owner | None:
+    """The owner recorded in a container's labels, or None (then it cannot be proven dead)."""
+    fields = {k[len(LABEL_OWNER_PREFIX):]: v for k, v in labels.items() if k.startswith(LABEL_OWNER_PREFIX)}
+    return Owner.from_dict(fields)
+
+
 def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
-    """Remove containers left by killed greentune runs (for output_dir, or all when None) whose owner is gone."""
+    """Remove containers of killed greentune runs (for output_dir, or all when None).
+
+    Only containers whose owner is proven dead: recorded in this boot and this pid namespace, and that pid now
+    free or belonging to a process started at another time. Containers of another host (remote daemon), another
+    container's greentune, an older greentune without identity labels, or a live owner are left alone.
+    """
     import docker.errors
-    import psutil
 
     removed: list[str] = []
-    filters = {"label": LABEL_RUN}
     try:
-        containers = client.containers.list(all=True, filters=filters)
+        containers = client.containers.list(all=True, filters={"label": LABEL_RUN})
     except docker.errors.DockerException:
         return removed
     for container in containers:
         labels = container.labels or {}
         if output_dir is not None and labels.get(LABEL_OUTPUT) != str(Path(output_dir).resolve()):
             continue
-        owner = int(labels.get(LABEL_OWNER, "0") or 0)
-        if owner and owner != os.getpid() and psutil.pid_exists(owner):
-            continue  # a live greentune still uses it
+        owner = label_owner(labels)
+        if owner is None or not owner.proven_dead():
+            continue
         with contextlib.suppress(docker.errors.DockerException):
             container.remove(force=True)
             removed.append(container.name)
     return removed
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -25,6 +26,7 @@ from tuner.server.process import (
 )
 
 STATE_DIR = ".greentune"
+logger = logging.getLogger("greentune")
 
 
 class LocalLauncher:
@@ -61,7 +63,8 @@ class LocalLauncher:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         state_dir = output_dir / STATE_DIR
-        reap_leftover(state_dir)
+        for note in reap_leftover(state_dir)[1]:
+            logger.warning("leftover server: %s", note)  # reported, never fatal for this run
         http_port, grpc_port, metrics_port = check_ports(self.ports) if self.ports else free_ports(3)
         log_path = output_dir / "tritonserver.log"
         cmd = [str(install.binary),
