@@ -1,4 +1,8 @@
-"""Model control on a running server: load a config override, unload, read metadata; Triton errors translated."""
+"""Model control on a running server: load a config override, unload, read metadata; Triton errors translated.
+
+Every model-repository call (load, unload) goes through here and sends the server's per-run control key
+(Server.control_headers): servers greentune starts refuse that API to anyone without it.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def load_config(server: Server, model: str, config: ModelConfig, timeout_s: floa
     """Load (or reload) the model with this config override; ModelLoadError carries Triton's message."""
     client = _client(server)
     try:
-        client.load_model(model, config=to_json(config), client_timeout=timeout_s)
+        client.load_model(model, config=to_json(config), client_timeout=timeout_s, headers=server.control_headers)
     except InferenceServerException as exc:
         if not server.is_alive():
             raise ServerDied(f"tritonserver died while loading {model}; last log lines:\n{server.log_tail()}") from None
@@ -33,7 +37,7 @@ def unload(server: Server, model: str) -> None:
     """Unload the model, ignoring a model that is not loaded."""
     client = _client(server)
     try:
-        client.unload_model(model)
+        client.unload_model(model, headers=server.control_headers)
     except InferenceServerException:
         pass
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -14,7 +15,7 @@ from tuner.errors import BadInput, ServerStartError
 from tuner.redact import mask_url, redact
 from tuner.server.base import Server
 from tuner.server.identity import Owner
-from tuner.server.local import triton_args, wait_ready
+from tuner.server.local import new_control_key, restricted_args, triton_args, wait_ready
 from tuner.server.process import free_ports, port_in_use, signals_deferred
 
 # NVIDIA's Triton image; the one place the default release is named.
@@ -157,12 +158,15 @@ class DockerLauncher:
             **self.user_options(),
         }
         ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
+        control_headers = new_control_key()
         if self.network == "host":
-            command = ["tritonserver", *triton_args("/models", ports["http"], ports["grpc"], ports["metrics"])]
+            command = ["tritonserver", *triton_args("/models", ports["http"], ports["grpc"], ports["metrics"],
+                                                    control_headers)]
             kwargs["network_mode"] = "host"
         else:
             # Inside its own network namespace the server listens on the image's usual ports, published here.
-            command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0"]
+            command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0",
+                       *restricted_args(control_headers)]
             kwargs["ports"] = {f"{CONTAINER_PORTS[k]}/tcp": ("127.0.0.1", ports[k]) for k in CONTAINER_PORTS}
         for name, port in ports.items():
             if port_in_use(port):
@@ -179,7 +183,7 @@ class DockerLauncher:
             _remove_by_label(client, run_id)
             raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
         try:
-            server = self._server(container, ports, log_path)
+            server = dataclasses.replace(self._server(container, ports, log_path), control_headers=control_headers)
             _wait_container_ready(server, container, self.ready_timeout_s)
             yield server
         finally:

@@ -67,8 +67,10 @@ class LocalLauncher:
             logger.warning("leftover server: %s", note)  # reported, never fatal for this run
         http_port, grpc_port, metrics_port = check_ports(self.ports) if self.ports else free_ports(3)
         log_path = output_dir / "tritonserver.log"
+        control_headers = new_control_key()
         cmd = [str(install.binary),
-               *triton_args(str(Path(model_repository).resolve()), http_port, grpc_port, metrics_port),
+               *triton_args(str(Path(model_repository).resolve()), http_port, grpc_port, metrics_port,
+                            control_headers),
                *self.extra_args]
         if install.backend_directory is not None:
             cmd.append(f"--backend-directory={install.backend_directory}")
@@ -90,6 +92,7 @@ class LocalLauncher:
             kind="local",
             details={"binary": str(install.binary), "source": install.source},
             probe=ProcessTreeProbe(proc.pid),
+            control_headers=control_headers,
         )
         try:
             wait_ready(server, self.ready_timeout_s, proc)
@@ -104,9 +107,33 @@ class LocalLauncher:
                 pid_file.unlink(missing_ok=True)
 
 
-def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
-    """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports."""
-    return [
+CONTROL_HEADER = "greentune-control-key"
+
+
+def new_control_key() -> dict[str, str]:
+    """A random per-run key for Triton's model-repository API, as the header greentune sends (tuner.redact knows it)."""
+    import secrets
+
+    from tuner.redact import remember
+
+    key = secrets.token_urlsafe(24)
+    remember(key)
+    return {CONTROL_HEADER: key}
+
+
+def restricted_args(control_headers: dict[str, str]) -> list[str]:
+    """Restrict load/unload (model-repository) on both endpoints to requests carrying the key; inference,
+    health, metadata and statistics stay open, so load generators and perf_analyzer need no key."""
+    return [arg for key, value in control_headers.items()
+            for arg in (f"--grpc-restricted-protocol=model-repository:{key}={value}",
+                        f"--http-restricted-api=model-repository:{key}={value}")]
+
+
+def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int,
+                control_headers: dict[str, str] | None = None) -> list[str]:
+    """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports, and the
+    model-repository API restricted to the holder of the per-run key."""
+    return [*restricted_args(control_headers or {}),
         f"--model-repository={model_repository}",
         "--model-control-mode=explicit",
         "--log-verbose=0",
