@@ -19,8 +19,8 @@ from tuner.errors import EXIT_FAILURE, GreentuneError
 from tuner.redact import mask_url, redact
 from tuner.results import Measurement, Spread
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, emoji=False)  # user values such as :x: print as given
+out = Console(emoji=False)
 
 
 # Flags and environment variables whose values are URLs that may carry a password or token (masked everywhere).
@@ -78,7 +78,7 @@ def fmt_spread(spread: Spread, digits: int = 1, unit: str = "") -> str:
 
 def measurement_table(m: Measurement, title: str) -> Table:
     """A rich table of one measurement, every figure with unit and source."""
-    table = Table(title=title, show_header=True, header_style="bold")
+    table = Table(title=escape(title), show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("source / note")
@@ -102,7 +102,7 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_row("requests", f"{m.success_count} ok, {m.failure_count} failed", f"{m.failure_rate:.1%} failed")
     table.add_row("stability", "stable" if m.stable else "UNSTABLE", f"{len(m.windows)} final windows")
     for warning in m.warnings:
-        table.add_row("[yellow]warning[/]", "", warning)
+        table.add_row("[yellow]warning[/]", "", escape(redact(warning)))
     return table
 
 
@@ -319,7 +319,7 @@ def measure(**flags: Any) -> None:
                 status.update(f"window {data['index']}/{data['max']}: {data['throughput_per_s']:.1f} infer/s, "
                               f"p99 {data['p99_ms']:.2f} ms")
             else:
-                status.update(f"{event}: {data}")
+                status.update(escape(redact(f"{event}: {data}")))
 
         measurement, path = measure_one(
             model_repository=flags["model_repository"], model=flags["model"], base=base, trial=trial,
@@ -329,13 +329,13 @@ def measure(**flags: Any) -> None:
     out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load)}"))
     if not measurement.stable:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def _pull_text(data: dict[str, Any]) -> str:
     detail = data.get("progressDetail") or {}
     done = f" {detail['current'] / 1e6:.0f}/{detail['total'] / 1e6:.0f} MB" if detail.get("total") else ""
-    return f"pulling {data['image']}: {data.get('status') or ''} {data.get('id') or ''}{done}"
+    return escape(f"pulling {data['image']}: {data.get('status') or ''} {data.get('id') or ''}{done}")
 
 
 def _load_text(load: Any) -> str:
@@ -393,7 +393,7 @@ def search(**flags: Any) -> None:
 
     def progress(event: str, data: dict[str, Any]) -> None:
         if event == "trial_start":
-            state["config"] = data["config"] + (" (baseline)" if data["baseline"] else "")
+            state["config"] = escape(data["config"]) + (" (baseline)" if data["baseline"] else "")
             bar.update(task, description=f"{state['config']} · best: {state['best']}")
         elif event == "window":
             bar.update(task, description=f"{state['config']} · window {data['index']}: "
@@ -477,13 +477,13 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
         client = docker_client(docker_host)
         removed = remove_leftovers(client)
         client.close()
-        out.print(f"removed {len(removed)} leftover container(s){': ' + ', '.join(removed) if removed else ''}")
+        out.print(escape(f"removed {len(removed)} leftover container(s){': ' + ', '.join(removed) if removed else ''}"))
     table = Table(title="greentune doctor", header_style="bold")
     for column in ("area", "what", "status", "detail", "fix"):
         table.add_column(column, overflow="fold")
     for check in run_checks(fetch=fetch):
         status = "[green]available[/]" if check.available else "[yellow]unavailable[/]"
-        table.add_row(check.area, check.name, status, check.detail, check.fix)
+        table.add_row(escape(check.area), escape(check.name), status, escape(redact(check.detail)), escape(check.fix))
     out.print(table)
 
 
@@ -504,7 +504,7 @@ def report(output_dir: Path, storage: str | None) -> None:
     from tuner.report import write_reports
 
     for path in write_reports(str(output_dir), storage=storage):
-        out.print(f"wrote {path}", highlight=False)
+        out.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @cli.command()
@@ -530,7 +530,7 @@ def export(output_dir: Path, trial_number: int, destination: Path | None, verify
     launcher = LocalLauncher(tritonserver) if verify else None
     with console.status(f"exporting trial {trial_number}…"):
         path = export_trial(output_dir, trial_number, destination, launcher)
-    out.print(f"wrote {path}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
+    out.print(f"wrote {escape(str(path))}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
 
 
 def trial_line(result: Any) -> str:
@@ -540,7 +540,7 @@ def trial_line(result: Any) -> str:
         return f"{head}[red]failed[/]    {escape(result.config.describe())} · {escape(redact(result.failure_reason or ''))}"
     m = result.measurement
     status = "[green]feasible[/]  " if result.feasible else "[yellow]infeasible[/]"
-    return (f"{head}{status} {result.config.describe()} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
+    return (f"{head}{status} {escape(result.config.describe())} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
             f"[{m.energy_source}] · p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
 
 
@@ -548,13 +548,13 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
     from tuner.errors import NoFeasibleConfig
     from tuner.outputs import savings
 
-    out.print(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
-              f"({outcome.duplicates} duplicate proposals reused); load: {_load_text(job.load_description())}",
+    out.print(escape(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
+                     f"({outcome.duplicates} duplicate proposals reused); load: {_load_text(job.load_description())}"),
               highlight=False)
     if outcome.best is None:
         raise NoFeasibleConfig(_no_feasible_message(outcome, job))
     best = outcome.best
-    out.print(f"[bold green]best:[/] trial {best.number}: {best.config.describe()}", highlight=False)
+    out.print(f"[bold green]best:[/] trial {best.number}: {escape(best.config.describe())}", highlight=False)
     out.print(measurement_table(best.measurement, f"best config (trial {best.number})"))
     saved = savings(best, outcome.baseline)
     if saved is not None:
@@ -564,8 +564,8 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
                   f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
                   f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%",
                   highlight=False)
-    out.print(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}, "
-              f"{job.output / 'report.html'}, {job.output / 'report.md'}", highlight=False)
+    out.print(escape(f"wrote {exported}, {job.output / 'summary.json'}, {job.output / 'trials.csv'}, "
+                     f"{job.output / 'report.html'}, {job.output / 'report.md'}"), highlight=False)
 
 
 def _no_feasible_message(outcome: Any, job: Any) -> str:

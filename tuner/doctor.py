@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.meters.rapl import RAPL_ACCESS_ADVICE
 from tuner.redact import mask_url, redact
 from tuner.server.embedded import PYTRITON_VERSION, cache_dir, embedded_triton
 
@@ -91,5 +92,5 @@ def _rapl_check(root: Path) -> Check:
     unreadable = [p for p in domains if not os.access(p, os.R_OK)]
     if unreadable:
         return Check("meter", "rapl", False, f"{unreadable[0]} is not readable",
-                     f"sudo chmod a+r {root}/intel-rapl:*/energy_uj (or run greentune as root)")
+                     RAPL_ACCESS_ADVICE)
     return Check("meter", "rapl", True, f"{len(domains)} domain(s) under {root}")

@@ -292,4 +292,11 @@ def ensure_writable_dir(path: Path, flag: str = "--output") -> Path:
                        "give a folder greentune can create and write") from None
     if not os.access(path, os.W_OK):
         raise BadInput(f"{flag} {path}: not writable; give a folder greentune can write")
+    import stat
+
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        # Anyone could swap summary.json, the study or the exported config.pbtxt under a running search.
+        raise BadInput(f"{flag} {path}: writable by every user (mode {stat.S_IMODE(mode):o}, no sticky bit); "
+                       f"give a folder only you can write, or run: chmod o-w {path}")
     return path

@@ -15,6 +15,13 @@ from tuner.errors import ModelLoadError, ServerDied, ServerError
 from tuner.model_config import ModelConfig, to_json
 from tuner.server.base import Server
 
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton 2.51 expects restricted-protocol keys with this prefix on gRPC
+
+
+def _control_headers(server: Server) -> dict[str, str]:
+    """The per-run key as gRPC metadata for the model-repository protocol."""
+    return {GRPC_HEADER_PREFIX + key: value for key, value in server.control_headers.items()}
+
 
 def _client(server: Server) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(server.grpc_url)
@@ -24,7 +31,7 @@ def load_config(server: Server, model: str, config: ModelConfig, timeout_s: floa
     """Load (or reload) the model with this config override; ModelLoadError carries Triton's message."""
     client = _client(server)
     try:
-        client.load_model(model, config=to_json(config), client_timeout=timeout_s, headers=server.control_headers)
+        client.load_model(model, config=to_json(config), client_timeout=timeout_s, headers=_control_headers(server))
     except InferenceServerException as exc:
         if not server.is_alive():
             raise ServerDied(f"tritonserver died while loading {model}; last log lines:\n{server.log_tail()}") from None
@@ -37,7 +44,7 @@ def unload(server: Server, model: str) -> None:
     """Unload the model, ignoring a model that is not loaded."""
     client = _client(server)
     try:
-        client.unload_model(model, headers=server.control_headers)
+        client.unload_model(model, headers=_control_headers(server))
     except InferenceServerException:
         pass
     finally:
