@@ -44,6 +44,7 @@ def test_model_repository_api_needs_the_per_run_key_and_inference_does_not(serve
             client.load_model("mlp", headers={CONTROL_HEADER: "wrong-key"})
         assert _http_load(server, {}) >= 400
         assert _http_load(server, {CONTROL_HEADER: "wrong-key"}) >= 400
+        assert _http_load(server, server.control_headers) == 200  # the flag syntax Triton 2.51 takes, on HTTP too
         # greentune itself (tuner/server/control.py sends the key) loads; inference needs no key
         control.load_config(server, "mlp", load_model_config(MODEL_REPOSITORY, "mlp"))
         assert client.is_model_ready("mlp")
