@@ -420,7 +420,7 @@ def _search_job(flags: dict[str, Any]) -> Any:
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
-    from tuner.space import BUILTIN_SPACES, builtin_space, load_space
+    from tuner.space import builtin_space, builtin_space_names, load_space
     from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
@@ -433,7 +433,7 @@ def _search_job(flags: dict[str, Any]) -> Any:
     else:
         from tuner.errors import BadInput
 
-        raise BadInput(f"--space {name}: no such file and not a built-in space ({', '.join(BUILTIN_SPACES)})")
+        raise BadInput(f"--space {name}: no such file and not a built-in space ({', '.join(builtin_space_names())})")
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True)

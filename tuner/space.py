@@ -309,16 +309,21 @@ def _check_fixed(name: str, value: Any, where: str) -> Any:
     return value
 
 
-BUILTIN_SPACES = ("default", "cpu", "gpu")
+def builtin_space_names() -> list[str]:
+    """Names of the built-in spaces: every YAML file in the package data tuner.spaces."""
+    from importlib import resources
+
+    return sorted(entry.name[: -len(".yaml")] for entry in resources.files("tuner.spaces").iterdir()
+                  if entry.name.endswith(".yaml"))
 
 
 def builtin_space(name: str) -> Space | None:
-    """The built-in space `name` (--space default|cpu|gpu), read from the package data tuner/spaces/<name>.yaml.
+    """The built-in space `name` (--space default|cpu|gpu), read from the package data tuner.spaces/<name>.yaml.
 
     The YAML files live in the repository's top-level search_spaces/; packaging maps them into the package
     (setup.py), so they are found the same way from a wheel, an sdist build or an editable install.
     """
-    if name not in BUILTIN_SPACES:
+    if name not in builtin_space_names():
         return None
     from importlib import resources
 
