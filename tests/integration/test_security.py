@@ -50,7 +50,7 @@ def test_model_repository_api_needs_the_per_run_key_and_inference_does_not(serve
         assert client.is_model_ready("mlp")
         metadata = client.get_model_metadata("mlp", as_json=True)
         spec = metadata["inputs"][0]
-        shape = [1 if d == -1 else int(d) for d in spec["shape"]]
+        shape = [1 if int(d) == -1 else int(d) for d in spec["shape"]]
         tensor = grpcclient.InferInput(spec["name"], shape, spec["datatype"])
         tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
         assert client.infer("mlp", [tensor]) is not None
