@@ -154,6 +154,9 @@ def test_sigkilled_search_leaves_a_server_that_the_next_run_stops(tmp_path):
     args = [*SEARCH, "--trials", "2", "-o", str(tmp_path)]
     proc = start(args)
     wait_records(tmp_path, 1, proc)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the summary follows the trial record; kill after both, as the report needs them
     proc.kill()
     proc.wait()
     leftover = server_pid(tmp_path)

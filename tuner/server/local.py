@@ -82,7 +82,12 @@ class LocalLauncher:
             proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
             )
-            pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
+            try:
+                pid_file = write_pid_file(state_dir, proc.pid, str(install.binary))
+            except OSError:  # e.g. a full disk: never leave a server nobody recorded
+                stop_group(proc.pid)
+                proc.wait(timeout=5)
+                raise
         server = Server(
             grpc_url=f"127.0.0.1:{grpc_port}",
             http_url=f"http://127.0.0.1:{http_port}",

@@ -18,7 +18,8 @@ class RemoteLauncher:
 
     name = "remote"
 
-    def __init__(self, url: str, grpc_port: int | None = None, ready_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, grpc_port: int | None = None, ready_timeout_s: float = 10.0,
+                 control_headers: dict[str, str] | None = None) -> None:
         hint = "expected the server's HTTP address, e.g. http://127.0.0.1:8000"
         try:
             parsed = urlparse(url if "://" in url else f"http://{url}")
@@ -33,11 +34,14 @@ class RemoteLauncher:
         self.grpc_url = f"{parsed.hostname}:{grpc_port or port + 1}"
         self.metrics_url = f"http://{parsed.hostname}:{port + 2}/metrics"
         self.ready_timeout_s = ready_timeout_s
+        # For a server whose model-repository API is restricted (--grpc-restricted-protocol): the header it expects.
+        self.control_headers = dict(control_headers or {})
 
     @contextlib.contextmanager
     def start(self, model_repository: Path, output_dir: Path) -> Iterator[Server]:
         """Check the server is ready and yield it; nothing is stopped on exit."""
-        server = Server(grpc_url=self.grpc_url, http_url=self.http_url, metrics_url=self.metrics_url, kind="remote")
+        server = Server(grpc_url=self.grpc_url, http_url=self.http_url, metrics_url=self.metrics_url, kind="remote",
+                        control_headers=self.control_headers)
         try:
             wait_ready(server, self.ready_timeout_s)
         except ServerStartError:
