@@ -11,14 +11,19 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-WORKDIR /opt/greentune
-COPY pyproject.toml README.md ./
+# A normal (non-editable) install, as from a package index: the source is built into a wheel and removed.
+WORKDIR /tmp/greentune-src
+COPY pyproject.toml setup.py README.md ./
 COPY tuner ./tuner
 COPY search_spaces ./search_spaces
-COPY model_repository ./model_repository
-RUN pip install --no-cache-dir -e . \
+RUN pip install --no-cache-dir . \
+    && rm -rf /tmp/greentune-src \
     && useradd --create-home --uid 1000 greentune
+# The example model, for a first try: search -r /opt/greentune/model_repository -m mlp
+COPY model_repository /opt/greentune/model_repository
 
+# The entrypoint works from any directory; nothing is read from a source tree.
+WORKDIR /
 # Root is kept as the default user so the mounted Docker socket is usable; pass --user 1000 when the
 # socket's group allows it.
 ENTRYPOINT ["greentune"]

@@ -15,4 +15,6 @@ su postgres -c "psql -q -tAc \"SELECT 1 FROM pg_roles WHERE rolname='greentune'\
   || su postgres -c "psql -q -c \"CREATE ROLE greentune LOGIN PASSWORD 'greentune'\""
 su postgres -c "psql -q -tAc \"SELECT 1 FROM pg_database WHERE datname='greentune'\"" | grep -q 1 \
   || su postgres -c "psql -q -c \"CREATE DATABASE greentune OWNER greentune\""
+# CREATEROLE and CREATEDB let the secret-masking test make a throwaway role with a unique password and its database.
+su postgres -c "psql -q -c \"ALTER ROLE greentune CREATEROLE CREATEDB\"" >/dev/null
 echo "postgresql://greentune:greentune@127.0.0.1:5432/greentune"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -11,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tuner.errors import EXIT_FAILURE, GreentuneError
+from tuner.redact import mask_url, redact
 from tuner.results import Measurement, Spread
 
 if TYPE_CHECKING:
@@ -23,8 +26,13 @@ if TYPE_CHECKING:
     from tuner.server.base import ServerLauncher
     from tuner.study import SearchJob, SearchSettings
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, emoji=False)  # user values such as :x: print as given
+out = Console(emoji=False)
+
+
+# Flags and environment variables whose values are URLs that may carry a password or token (masked everywhere).
+URL_FLAGS = ("storage", "url", "docker_host")
+URL_ENVIRONMENT = ("GREENTUNE_STORAGE", "DOCKER_HOST")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -41,17 +49,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        # Remember the credentials in URL-valued flags and environment values first, so none reaches an output.
+        for key in URL_FLAGS:
+            mask_url(kwargs.get(key))
+        for name in URL_ENVIRONMENT:
+            mask_url(os.environ.get(name))
         try:
             return fn(*args, **kwargs)
         except GreentuneError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", highlight=False, markup=True,
+                          soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/] server stopped; rerun with --resume to continue", highlight=False)
             sys.exit(130)
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""
-            console.print(f"[bold red]error:[/] {where}{exc.strerror or exc}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(redact(f'{where}{exc.strerror or exc}'))}", highlight=False)
             sys.exit(EXIT_FAILURE)
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -71,7 +85,7 @@ def fmt_spread(spread: Spread, digits: int = 1, unit: str = "") -> str:
 
 def measurement_table(m: Measurement, title: str) -> Table:
     """A rich table of one measurement, every figure with unit and source."""
-    table = Table(title=title, show_header=True, header_style="bold")
+    table = Table(title=escape(title), show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("source / note")
@@ -95,7 +109,7 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_row("requests", f"{m.success_count} ok, {m.failure_count} failed", f"{m.failure_rate:.1%} failed")
     table.add_row("stability", "stable" if m.stable else "UNSTABLE", f"{len(m.windows)} final windows")
     for warning in m.warnings:
-        table.add_row("[yellow]warning[/]", "", warning)
+        table.add_row("[yellow]warning[/]", "", escape(redact(warning)))
     return table
 
 
@@ -338,15 +352,15 @@ def measure(**flags: Any) -> None:
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
     with console.status("starting Triton…") as status:
-        launcher = build_launcher(flags, lambda event: status.update(event_text(event)))
+        launcher = build_launcher(flags, lambda event: status.update(status_text(event)))
         bench = Bench(launcher, flags["model_repository"], flags["model"], base, flags["output"], inputs, load,
-                      settings, meters=meters, progress=lambda event: status.update(event_text(event)),
+                      settings, meters=meters, progress=lambda event: status.update(status_text(event)),
                       idle_config=trial)
         measurement, path = measure_one(bench, trial)
     out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load.describe())}"))
     if not measurement.stable:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
-    console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 def event_text(event: Event) -> str:
@@ -381,6 +395,11 @@ def event_text(event: Event) -> str:
     return f"trial {event.result.number} finished"
 
 
+def status_text(event: Event) -> str:
+    """event_text made safe for rich: user values escaped, secrets masked."""
+    return escape(redact(event_text(event)))
+
+
 def _load_text(described: dict[str, Any]) -> str:
     if described["mode"] == "auto":
         return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
@@ -393,7 +412,7 @@ def _load_text(described: dict[str, Any]) -> str:
 @server_options
 @load_options
 @click.option("--space", "space_name", default="default", show_default=True,
-              help="Search space: a YAML file, or default, cpu or gpu from search_spaces/.")
+              help="Search space: a YAML file, or a built-in space: default, cpu or gpu (search_spaces/ in the repository).")
 @click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s.")
 @click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms.")
 @click.option("--max-memory-mb", type=float, default=None,
@@ -437,14 +456,14 @@ def search(**flags: Any) -> None:
     bar = Progress(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                    TextColumn("{task.description}"), console=console, transient=False)
     task = bar.add_task("starting Triton…", total=settings.trials)
-    launcher = build_launcher(flags, lambda event: bar.update(task, description=event_text(event)))
+    launcher = build_launcher(flags, lambda event: bar.update(task, description=status_text(event)))
     state: dict[str, Any] = {"config": "", "best": "none yet"}
 
     def progress(event: Event) -> None:
         from tuner import events
 
         if isinstance(event, events.TrialStarted):
-            state["config"] = event.config + (" (baseline)" if event.baseline else "")
+            state["config"] = escape(event.config) + (" (baseline)" if event.baseline else "")
             bar.update(task, description=f"{state['config']} · best: {state['best']}")
         elif isinstance(event, events.WindowMeasured):
             bar.update(task, description=f"{state['config']} · window {event.index}: "
@@ -459,7 +478,7 @@ def search(**flags: Any) -> None:
             bar.update(task, completed=event.measured, description=f"best: {state['best']}")
             bar.console.print(trial_line(event.result), highlight=False)
         elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
-            bar.console.print(f"[yellow]{event_text(event)}[/]")
+            bar.console.print(f"[yellow]{status_text(event)}[/]")
 
     with bar:
         outcome, exported = run_search_command(job, settings, launcher, progress)
@@ -471,17 +490,20 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
-    from tuner.space import builtin_space_path, load_space
+    from tuner.space import builtin_space, builtin_space_names, load_space
     from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
     name = flags["space_name"]
-    path = builtin_space_path(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else Path(name)
-    if path is None:
+    builtin = builtin_space(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else None
+    if builtin is not None:
+        space = builtin
+    elif Path(name).is_file():
+        space = load_space(Path(name))
+    else:
         from tuner.errors import BadInput
 
-        raise BadInput(f"--space {name}: no such file and not a built-in space (default, cpu, gpu)")
-    space = load_space(path)
+        raise BadInput(f"--space {name}: no such file and not a built-in space ({', '.join(builtin_space_names())})")
     impact = impact_inputs(flags, space)
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
@@ -524,30 +546,34 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
         client = docker_client(docker_host)
         removed = remove_leftovers(client)
         client.close()
-        out.print(f"removed {len(removed)} leftover container(s){': ' + ', '.join(removed) if removed else ''}")
+        out.print(escape(f"removed {len(removed)} leftover container(s){': ' + ', '.join(removed) if removed else ''}"))
     table = Table(title="greentune doctor", header_style="bold")
     for column in ("area", "what", "status", "detail", "fix"):
         table.add_column(column, overflow="fold")
     for check in run_checks(fetch=fetch):
         status = "[green]available[/]" if check.available else "[yellow]unavailable[/]"
-        table.add_row(check.area, check.name, status, check.detail, check.fix)
+        table.add_row(escape(check.area), escape(check.name), status, escape(redact(check.detail)), escape(check.fix))
     out.print(table)
 
 
 @cli.command()
 @click.argument("output_dir", type=click.Path(path_type=Path))
+@click.option("--storage", default=None, envvar="GREENTUNE_STORAGE",
+              help="The search's --storage URL, for parameter importance (env GREENTUNE_STORAGE; default: "
+                   "OUTPUT_DIR/study.db). Never read from summary.json, which records it with the password masked.")
 @handle_errors
-def report(output_dir: Path) -> None:
+def report(output_dir: Path, storage: str | None) -> None:
     """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs).
 
     \b
     Example:
       greentune report out/
+      GREENTUNE_STORAGE=postgresql://user:PASSWORD@db/greentune greentune report out/
     """
     from tuner.report import write_reports
 
-    for path in write_reports(str(output_dir)):
-        out.print(f"wrote {path}", highlight=False)
+    for path in write_reports(str(output_dir), storage=storage):
+        out.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @cli.command()
@@ -573,17 +599,17 @@ def export(output_dir: Path, trial_number: int, destination: Path | None, verify
     launcher: ServerLauncher | None = LocalLauncher(tritonserver) if verify else None
     with console.status(f"exporting trial {trial_number}…"):
         path = export_trial(output_dir, trial_number, destination, launcher)
-    out.print(f"wrote {path}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
+    out.print(f"wrote {escape(str(path))}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
 
 
 def trial_line(result: Any) -> str:
     """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
     head = f"trial {result.number:>3} "
     if result.failed:
-        return f"{head}[red]failed[/]    {result.config.describe()} · {result.failure_reason}"
+        return f"{head}[red]failed[/]    {escape(result.config.describe())} · {escape(redact(result.failure_reason or ''))}"
     m = result.measurement
     status = "[green]feasible[/]  " if result.feasible else "[yellow]infeasible[/]"
-    return (f"{head}{status} {result.config.describe()} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
+    return (f"{head}{status} {escape(result.config.describe())} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
             f"[{m.energy_source}] · p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
 
 
@@ -593,15 +619,15 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
     from tuner.objective import best_trial, fastest_trial, price_of_speed
     from tuner.outputs import savings
 
-    out.print(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
-              f"({outcome.duplicates} duplicate proposals reused); load: {_load_text(job.load_description())}",
+    out.print(escape(f"stopped: {outcome.stop_reason}; {len(outcome.results)} configs measured "
+                     f"({outcome.duplicates} duplicate proposals reused); load: {_load_text(job.load_description())}"),
               highlight=False)
     if outcome.best is None:
         raise NoFeasibleConfig(_no_feasible_message(outcome, job))
     best = outcome.best
     picked = "fastest" if job.objective == "throughput" else "most efficient"
     out.print(f"[bold green]best ({picked}, --objective {job.objective}):[/] trial {best.number}: "
-              f"{best.config.describe()}", highlight=False)
+              f"{escape(best.config.describe())}", highlight=False)
     out.print(measurement_table(best.measurement, f"best config (trial {best.number})"))
     saved = savings(best, outcome.baseline)
     if saved is not None:
@@ -616,8 +642,8 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
         out.print(price_text(price), highlight=False)
     _print_impact(job, outcome)
     html, markdown, _ = paths.report_paths(job.output)
-    out.print(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
-              f"{html}, {markdown}", highlight=False)
+    out.print(escape(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
+                     f"{html}, {markdown}"), highlight=False)
 
 
 def price_text(price: Any) -> str:

@@ -7,6 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.meters.rapl import RAPL_ACCESS_ADVICE
+from tuner.redact import mask_url, redact
 from tuner.server.embedded import PYTRITON_VERSION, cache_dir, embedded_triton
 
 
@@ -48,15 +50,16 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
 
 def _docker_check() -> Check:
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    shown = mask_url(host)
     try:
         import docker.client
 
         client = docker.client.DockerClient(base_url=host, timeout=3)
         version = client.version().get("Version", "?")
         client.close()
-        return Check("launcher", "docker API", True, f"{host} (engine {version})")
+        return Check("launcher", "docker API", True, f"{shown} (engine {version})")
     except Exception as exc:
-        return Check("launcher", "docker API", False, f"{host}: {str(exc).splitlines()[0][:120]}",
+        return Check("launcher", "docker API", False, f"{shown}: {redact(str(exc).splitlines()[0][:120])}",
                      "start Docker, or `podman system service --time=0 unix:///PATH.sock` and set DOCKER_HOST")
 
 
@@ -89,5 +92,5 @@ def _rapl_check(root: Path) -> Check:
     unreadable = [p for p in domains if not os.access(p, os.R_OK)]
     if unreadable:
         return Check("meter", "rapl", False, f"{unreadable[0]} is not readable",
-                     f"sudo chmod a+r {root}/intel-rapl:*/energy_uj (or run greentune as root)")
+                     RAPL_ACCESS_ADVICE)
     return Check("meter", "rapl", True, f"{len(domains)} domain(s) under {root}")

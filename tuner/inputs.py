@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ NP_DTYPES = {
     "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
 }
 SAMPLE_COUNT = 8
+# One request's inputs may not exceed this (Triton's gRPC limit is 2 GiB; far below it the host runs out first).
+MAX_REQUEST_BYTES = 256 << 20
+ITEM_BYTES = {"BYTES": 8}  # at least a length prefix and a few bytes per element
 
 Sample = dict[str, np.ndarray]
 
@@ -43,6 +47,9 @@ def parse_shape_options(items: tuple[str, ...] | list[str]) -> dict[str, tuple[i
                 raise ValueError
         except ValueError:
             raise BadInput(f"--shape {item}: expected NAME:d1,d2 with positive integers, e.g. --shape INPUT:4,256") from None
+        if math.prod(values) > MAX_REQUEST_BYTES:
+            raise BadInput(f"--shape {item}: {math.prod(values)} elements per request; at most "
+                           f"{MAX_REQUEST_BYTES >> 20} MiB per request")
         shapes[name] = values
     return shapes
 
@@ -73,6 +80,10 @@ def input_specs(metadata: dict[str, Any], config: dict[str, Any], shapes: dict[s
         if datatype not in NP_DTYPES:
             raise BadInput(f"input {name}: datatype {datatype} is not supported by the load generator")
         specs.append(InputSpec(name, datatype, tuple(([1] if batches else []) + dims)))
+    size = sum(math.prod(s.shape) * ITEM_BYTES.get(s.datatype, np.dtype(NP_DTYPES[s.datatype]).itemsize) for s in specs)
+    if size > MAX_REQUEST_BYTES:
+        raise BadInput(f"--shape: one request would carry {size / (1 << 20):.0f} MiB of inputs; at most "
+                       f"{MAX_REQUEST_BYTES >> 20} MiB per request")
     if not specs:
         raise BadInput("the model declares no inputs; cannot generate requests")
     return specs
@@ -129,14 +140,44 @@ def load_input_data(path: Path, specs: list[InputSpec]) -> list[Sample]:
                 if shape_given is not None:
                     batch = [1] if len(shape) == len(shape_given) + 1 else []
                     shape = tuple(batch + [int(d) for d in shape_given])
+            where = f"--input-data {path}: data[{index}].{spec.name}"
             try:
-                dtype = NP_DTYPES[spec.datatype]
-                array: np.ndarray = np.array(value if spec.datatype != "BYTES" else [str(v).encode() for v in value], dtype=dtype)
+                array = _typed_array(value, spec.datatype, where)
                 sample[spec.name] = array.reshape(shape)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, OverflowError):
                 raise BadInput(
                     f"--input-data {path}: data[{index}].{spec.name}: cannot shape {np.size(value)} values as {list(shape)} "
                     f"of {spec.datatype}"
                 ) from None
         samples.append(sample)
     return samples
+
+
+def _typed_array(value: Any, datatype: str, where: str) -> np.ndarray:
+    """Values as the input's dtype; out-of-range integers and lossy float-to-integer casts are BadInput."""
+    dtype = NP_DTYPES[datatype]
+    if datatype == "BYTES":
+        if not isinstance(value, list):
+            raise TypeError
+        return np.array([str(v).encode() for v in value], dtype=np.object_)
+    raw = np.array(value, dtype=np.object_)
+    flat = list(raw.reshape(-1))
+    if any(not isinstance(v, (bool, int, float)) for v in flat):
+        raise BadInput(f"{where}: expected numbers for {datatype}")
+    if datatype == "BOOL":
+        if any(v not in (0, 1) for v in flat):
+            raise BadInput(f"{where}: expected true/false or 0/1 for BOOL")
+        return raw.astype(np.bool_)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        for v in flat:
+            if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+                raise BadInput(f"{where}: {v!r} is not a whole number; {datatype} would change it")
+            if not info.min <= int(v) <= info.max:
+                raise BadInput(f"{where}: {v!r} is out of range for {datatype} ({info.min}..{info.max})")
+        return np.array([int(v) for v in flat], dtype=dtype).reshape(raw.shape)
+    limit = float(np.finfo(dtype).max)
+    for v in flat:
+        if math.isfinite(float(v)) and abs(float(v)) > limit:
+            raise BadInput(f"{where}: {v!r} is out of range for {datatype} (|x| <= {limit:g})")
+    return np.array([float(v) for v in flat], dtype=dtype).reshape(raw.shape)

@@ -22,6 +22,7 @@ from tuner.objective import (
     score,
     ties_with,
 )
+from tuner.redact import mask_url, redact
 from tuner.results import KNOBS, TrialResult, write_json
 from tuner.study import SearchJob, SearchOutcome
 
@@ -113,7 +114,7 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "energy_sources": sources,
         "meters": outcome.meter_details,
         "environment": outcome.environment,
-        "study": {"storage": outcome.storage_url, "name": outcome.study_name},
+        "study": {"storage": mask_url(outcome.storage_url), "name": outcome.study_name},
         "impact": impact_summary(outcome.results, outcome.best, outcome.baseline, job.impact),
     }
 
@@ -151,7 +152,7 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
             "repeats": m.repeats if m else None,
             "energy_accounting": m.energy_accounting if m else None,
             "pareto": r.number in front,
-            "failure_reason": r.failure_reason,
+            "failure_reason": redact(r.failure_reason) if r.failure_reason else r.failure_reason,
         })
         row.update(_per_million_columns(r, impact))
         for name, value in r.violations.items():

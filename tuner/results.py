@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.redact import redact
+
 SCHEMA_VERSION = 1
 
 
@@ -286,7 +288,7 @@ class TrialResult:
             "number": self.number,
             "config": self.config.knobs(),
             "measurement": self.measurement.to_dict() if self.measurement else None,
-            "failure_reason": self.failure_reason,
+            "failure_reason": redact(self.failure_reason) if self.failure_reason else self.failure_reason,
             "violations": dict(self.violations),
             "feasible": self.feasible,
         }
@@ -342,4 +344,11 @@ def ensure_writable_dir(path: Path, flag: str = "--output") -> Path:
                        "give a folder greentune can create and write") from None
     if not os.access(path, os.W_OK):
         raise BadInput(f"{flag} {path}: not writable; give a folder greentune can write")
+    import stat
+
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        # Anyone could swap summary.json, the study or the exported config.pbtxt under a running search.
+        raise BadInput(f"{flag} {path}: writable by every user (mode {stat.S_IMODE(mode):o}, no sticky bit); "
+                       f"give a folder only you can write, or run: chmod o-w {path}")
     return path

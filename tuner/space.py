@@ -211,13 +211,16 @@ def load_space(path: Path) -> Space:
         text = Path(path).read_text()
     except OSError as exc:
         raise BadInput(f"{path}: cannot read search space ({exc.strerror})") from None
+    return parse_space(_parse_yaml(text, str(path)), str(path))
+
+
+def _parse_yaml(text: str, source: str) -> Any:
     try:
-        document = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise BadInput(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    return parse_space(document, str(path))
+        raise BadInput(f"{source}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
 def parse_space(document: Any, source: str) -> Space:
@@ -376,8 +379,27 @@ def _check_fixed(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def builtin_space_path(name: str) -> Path | None:
-    """search_spaces/<name>.yaml shipped with greentune (for --space default|cpu|gpu)."""
-    root = Path(__file__).resolve().parent.parent / "search_spaces"
-    path = root / f"{name}.yaml"
-    return path if path.exists() else None
+def builtin_space_names() -> list[str]:
+    """Names of the built-in spaces: every YAML file in the package data tuner.spaces."""
+    from importlib import resources
+
+    return sorted(entry.name[: -len(".yaml")] for entry in resources.files("tuner.spaces").iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def builtin_space(name: str) -> Space | None:
+    """The built-in space `name` (--space default|cpu|gpu), read from the package data tuner.spaces/<name>.yaml.
+
+    The YAML files live in the repository's top-level search_spaces/; packaging maps them into the package
+    (setup.py), so they are found the same way from a wheel, an sdist build or an editable install.
+    """
+    if name not in builtin_space_names():
+        return None
+    from importlib import resources
+
+    resource = resources.files("tuner.spaces").joinpath(f"{name}.yaml")
+    try:
+        text = resource.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise BadInput(f"--space {name}: the built-in space is missing from this install ({exc}); reinstall greentune") from None
+    return parse_space(_parse_yaml(text, f"{name} (built-in)"), f"{name} (built-in)")

@@ -174,16 +174,17 @@ def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, 
     """Create the study (or load it with --resume); refuses to mix a new search into an old study."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = settings.storage or paths.study_url(job.output)
+    from tuner.redact import mask_url  # the password never reaches a message
     name = study_name(job.model)
     sampler = make_sampler(settings.sampler, settings.seed, job.space, settings.trials)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as exc:  # sqlalchemy errors name the URL's problem
-        raise BadInput(f"--storage {url}: cannot open ({str(exc).splitlines()[0]})") from None
+        raise BadInput(f"--storage {mask_url(url)}: cannot open ({str(exc).splitlines()[0]})") from None
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if name in existing and not settings.resume:
         raise BadInput(
-            f"{url} already holds study {name!r}; pass --resume to continue it, or use another --output/--storage"
+            f"{mask_url(url)} already holds study {name!r}; pass --resume to continue it, or use another --output/--storage"
         )
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 load_if_exists=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -16,7 +17,8 @@ from tests.conftest import MODEL_REPOSITORY
 from tests.integration.conftest import FAST_FLAGS, run_cli
 from tuner.model_config import read_model_config
 from tuner.server import control
-from tuner.server.docker import LABEL_OUTPUT, LABEL_OWNER, LABEL_RUN
+from tuner.server.docker import LABEL_OUTPUT, LABEL_OWNER, LABEL_RUN, owner_labels
+from tuner.server.identity import Owner
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -104,11 +106,70 @@ def test_ctrl_c_removes_the_container(tmp_path, client):
     assert greentune_containers(client) == []
 
 
-def test_doctor_cleanup_removes_containers_of_killed_runs(client):
-    client.containers.run(IMAGE, ["sleep", "300"], detach=True, name="greentune-leftover-test",
-                          labels={LABEL_RUN: "leftover", LABEL_OUTPUT: "/tmp/gone", LABEL_OWNER: "999999"})
-    assert "greentune-leftover-test" in greentune_containers(client)
-    result = run_cli(["doctor", "--cleanup", "--docker-host", str(DOCKER_HOST)])
-    assert result.returncode == 0, result.stderr
-    assert "removed 1 leftover container(s): greentune-leftover-test" in result.stdout
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_doctor_cleanup_removes_only_containers_whose_owner_is_proven_dead(client):
+    import dataclasses
+
+    me = Owner.current()
+    cases = {
+        # a killed greentune on this host: pid gone, or reused by a process started at another time -> removed
+        "greentune-leftover-dead": dataclasses.replace(me, pid=_dead_pid()),
+        "greentune-leftover-reused": dataclasses.replace(me, start_ticks=(me.start_ticks or 0) + 7),
+        # a second run that is alive (this test process) -> kept
+        "greentune-live-run": me,
+        # greentune as pid 1 in another container, or on another host (remote daemon): cannot be proven dead
+        "greentune-other-container": dataclasses.replace(me, pid=1, pid_namespace="pid:[4026532999]"),
+        "greentune-other-host": dataclasses.replace(me, pid=_dead_pid(), boot_id="0000-another-host"),
+    }
+    for name, owner in cases.items():
+        client.containers.run(IMAGE, ["sleep", "300"], detach=True, name=name,
+                              labels={LABEL_RUN: name, LABEL_OUTPUT: "/tmp/gone", **owner_labels(owner)})
+    # an older greentune's label (owner pid only, pid 1 as in a container): never enough to remove it
+    client.containers.run(IMAGE, ["sleep", "300"], detach=True, name="greentune-pid-only",
+                          labels={LABEL_RUN: "pid-only", LABEL_OUTPUT: "/tmp/gone", LABEL_OWNER: "1"})
+    try:
+        result = run_cli(["doctor", "--cleanup", "--docker-host", str(DOCKER_HOST)])
+        assert result.returncode == 0, result.stderr
+        assert "removed 2 leftover container(s)" in result.stdout
+        left = set(greentune_containers(client))
+        assert {"greentune-leftover-dead", "greentune-leftover-reused"}.isdisjoint(left)
+        assert {"greentune-live-run", "greentune-other-container", "greentune-other-host",
+                "greentune-pid-only"} <= left
+    finally:
+        for name in [*cases, "greentune-pid-only"]:
+            with contextlib.suppress(Exception):
+                client.containers.get(name).remove(force=True)
+    assert greentune_containers(client) == []
+
+
+def test_a_second_run_never_removes_a_live_runs_container(tmp_path, client):
+    """Run A (a live greentune measure) and run B (doctor --cleanup, and a measure into the same output) at once."""
+    proc = subprocess.Popen([sys.executable, "-m", "tuner", "measure", "-r", str(MODEL_REPOSITORY), "-m", "mlp",
+                             "-c", "2", "--window", "5", "--max-windows", "8", *DOCKER, "-o", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not greentune_containers(client):
+            time.sleep(0.3)
+        (name,) = greentune_containers(client)
+        attrs = client.containers.get(name).attrs
+        # least privilege: no capabilities, no-new-privileges, the caller's uid:gid
+        dropped = [c.upper().removeprefix("CAP_") for c in attrs["HostConfig"].get("CapDrop") or []]
+        assert "ALL" in dropped or {"CHOWN", "NET_RAW", "SETUID", "DAC_OVERRIDE"} <= set(dropped), dropped
+        assert any("no-new-privileges" in o for o in attrs["HostConfig"]["SecurityOpt"] or [])
+        assert attrs["Config"]["User"] == f"{os.getuid()}:{os.getgid()}"
+        cleanup = run_cli(["doctor", "--cleanup", "--docker-host", str(DOCKER_HOST)])
+        assert cleanup.returncode == 0 and "removed 0 leftover" in cleanup.stdout, cleanup.stdout + cleanup.stderr
+        assert name in greentune_containers(client)
+        _, stderr = proc.communicate(timeout=240)
+        assert proc.returncode == 0, stderr[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=90)
     assert greentune_containers(client) == []

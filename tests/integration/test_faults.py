@@ -85,8 +85,14 @@ def wait_next_load(out: Path, proc: subprocess.Popen[str], model: str = "mlp", t
         time.sleep(0.1)
 
 
+def pid_files(out: Path) -> list[Path]:
+    """The run's pid file (one per run: .greentune/server-<pid>-<id>.pid.json)."""
+    return sorted((out / ".greentune").glob("server-*.pid.json"))
+
+
 def server_pid(out: Path) -> int:
-    return int(json.loads((out / ".greentune" / "server.pid.json").read_text())["pgid"])
+    (path,) = pid_files(out)
+    return int(json.loads(path.read_text())["pgid"])
 
 
 def measured_configs(out: Path) -> pd.DataFrame:
@@ -162,7 +168,7 @@ def test_interrupts_leave_a_consistent_resumable_study(tmp_path, case):
     proc = start(args, hold_after(tmp_path, 2))
     if case == "during-start":
         deadline = time.monotonic() + 60
-        while not (tmp_path / ".greentune" / "server.pid.json").exists() and time.monotonic() < deadline:
+        while not pid_files(tmp_path) and time.monotonic() < deadline:
             time.sleep(0.05)
     elif case == "random":
         time.sleep(rng.uniform(1.0, 12.0))
@@ -226,6 +232,9 @@ def test_sigkilled_search_leaves_a_server_that_the_next_run_stops(tmp_path):
     args = [*SEARCH, "--trials", "2", "-o", str(tmp_path)]
     proc = start(args)
     wait_records(tmp_path, 1, proc)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the summary follows the trial record; kill after both, as the report needs them
     proc.kill()
     proc.wait()
     leftover = server_pid(tmp_path)

@@ -21,7 +21,9 @@ def launcher(name, server):
     if name == "local":
         return LocalLauncher()
     if name == "remote":
-        return RemoteLauncher(server.http_url, grpc_port=int(server.grpc_url.rsplit(":", 1)[1]))
+        # the session server restricts model control to its key (as any server greentune starts)
+        return RemoteLauncher(server.http_url, grpc_port=int(server.grpc_url.rsplit(":", 1)[1]),
+                              control_headers=server.control_headers)
     if not (DOCKER_HOST and IMAGE):
         pytest.skip("no Docker API for tests")
     network = "bridge" if name == "docker-bridge" else "host"

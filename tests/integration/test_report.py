@@ -113,3 +113,38 @@ def test_report_renders_in_headless_chromium(searched, tmp_path):
                     "--virtual-time-budget=5000", "--window-size=1300,2600", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, check=True)
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 50_000
+
+
+XSS = ('<img src=x onerror=alert(1)><img src=x onerror="document.title=\'PWNED\'">'
+       '</script><script>document.title="PWNED";document.body.insertAdjacentHTML("beforeend","<p id=pwned></p>")'
+       '</script>')
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (.ci/run installs it)")
+def test_hostile_text_in_saved_results_runs_no_script_in_the_report(searched, tmp_path):
+    out = tmp_path / "hostile"
+    shutil.copytree(searched, out)
+    record_path = sorted((out / "trials").glob("trial-*.json"))[-1]
+    record = json.loads(record_path.read_text())
+    record["trial"]["failure_reason"] = f"model said {XSS}"
+    record["trial"]["measurement"] = None
+    record_path.write_text(json.dumps(record))
+    summary = json.loads((out / "summary.json").read_text())
+    summary["ties_with_best"] = [XSS]
+    summary["stop_reason"] = XSS
+    summary["warnings"] = [XSS]
+    summary["environment"]["command_line"] = f"greentune search {XSS}"
+    (out / "summary.json").write_text(json.dumps(summary))
+    result = run_cli(["report", str(out)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (out / "report.html").read_text()
+    assert "<img src=x" not in page and "<script>document.title" not in page
+    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=5000", "--enable-logging=stderr", "--v=0", "--dump-dom",
+                          (out / "report.html").as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "PWNED" not in dom.stdout.split("</title>")[0]  # the title was never rewritten
+    assert 'id="pwned"' not in dom.stdout and "<img src=\"x\"" not in dom.stdout
+    assert "model said &lt;img src=x onerror=alert(1)&gt;" in dom.stdout  # shown as text
+    assert dom.stdout.count('class="main-svg"') >= 3  # the page still works: the payload broke no script
+    assert not [line for line in dom.stderr.splitlines() if "CONSOLE" in line and re.search(r"Uncaught", line)]

@@ -21,7 +21,7 @@ from tuner.report.data import ReportData
 from tuner.report.html import render_html
 from tuner.report.markdown import render_markdown
 from tuner.results import TrialConfig, TrialResult, clean_json
-from tuner.space import builtin_space_path, load_space
+from tuner.space import builtin_space
 from tuner.study import SearchJob, SearchOutcome
 
 
@@ -31,10 +31,10 @@ def trial(number: int, ipj: float, tput: float, p99: float = 5.0) -> TrialResult
 
 
 def job(tmp_path: Path, objective: str) -> SearchJob:
-    space_path = builtin_space_path("cpu")
-    assert space_path is not None
+    space = builtin_space("cpu")
+    assert space is not None
     return SearchJob(model_repository=MODEL_REPOSITORY, model="mlp", base=load_model_config(MODEL_REPOSITORY, "mlp"),
-                     space=load_space(space_path), constraints=C, load=LoadPolicy(LoadSpec(concurrency=8)),
+                     space=space, constraints=C, load=LoadPolicy(LoadSpec(concurrency=8)),
                      inputs=InputSource({}),
                      measure=MeasureSettings(), output=tmp_path, objective=objective)
 

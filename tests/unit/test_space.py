@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tuner.errors import BadInput
 from tuner.results import TrialConfig
-from tuner.space import load_space, parse_space
+from tuner.space import builtin_space, builtin_space_names, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,19 @@ INDEPENDENT_PREFERRED = {"version": 1, "knobs": {
     "dynamic_batching": {"type": "bool"},
     "max_queue_delay_microseconds": {"type": "int", "low": 0, "high": 2000, "step": 100},
     "preferred_batch_size": {"type": "pow2", "low": 1, "high": 64}}}
+
+
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu"])
+def test_builtin_spaces_come_from_the_package_and_match_search_spaces(name):
+    # importlib.resources reads tuner.spaces (search_spaces/ mapped into the package), not a path beside the source.
+    space = builtin_space(name)
+    assert space is not None
+    assert space.knobs == load_space(ROOT / "search_spaces" / f"{name}.yaml").knobs
+    assert builtin_space(f"{name}-nope") is None
+
+
+def test_every_yaml_in_search_spaces_is_a_builtin():
+    assert sorted(p.stem for p in (ROOT / "search_spaces").glob("*.yaml")) == builtin_space_names()
 
 
 def test_conditional_knobs_only_when_dynamic_batching_on():

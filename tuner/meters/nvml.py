@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 import urllib.request
@@ -212,15 +213,10 @@ class NvmlMeter:
             return None
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
+                text = resp.read(METRICS_MAX_BYTES).decode("utf-8", errors="replace")
+        except (OSError, ValueError):
             return None
-        total, found = 0.0, False
-        for line in text.splitlines():
-            if line.startswith("nv_energy_consumption{"):
-                total += float(line.rsplit(" ", 1)[1])
-                found = True
-        return total if found else None
+        return parse_triton_energy_j(text)
 
     def close(self) -> None:
         """Stop the sampling thread."""
@@ -228,6 +224,32 @@ class NvmlMeter:
             self._stop.set()
             self._thread.join()
             self._thread = None
+
+
+METRICS_MAX_BYTES = 4 << 20  # a Prometheus page larger than this is not Triton's
+
+
+def parse_triton_energy_j(text: str) -> float | None:
+    """Sum of nv_energy_consumption samples (J) in a Prometheus text page; None when absent or malformed.
+
+    A cross-check only, so a malformed page (bad number, NaN, negative, truncated line) disables it rather than
+    failing the trial.
+    """
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith("nv_energy_consumption{"):
+            continue
+        _, _, tail = line.rpartition("}")
+        parts = tail.split()
+        try:
+            value = float(parts[0])
+        except (IndexError, ValueError):
+            return None
+        if not math.isfinite(value) or value < 0:
+            return None
+        total += value
+        found = True
+    return total if found else None
 
 
 def _integrate(samples: list[tuple[float, float | None]]) -> float | None:

@@ -9,6 +9,16 @@ from pathlib import Path
 from tuner.errors import MeterUnavailable
 from tuner.meters.base import SOURCE_RAPL, Reading
 
+# energy_uj is root-only since CVE-2020-8694 (Platypus: unprivileged RAPL reads leak secrets through power
+# side channels), so access goes to one trusted group, never to every user (chmod a+r).
+RAPL_ACCESS_ADVICE = (
+    "energy counters are root-only because of CVE-2020-8694 (power side channel); give one trusted group read "
+    "access with a udev rule (README: 'RAPL access'): groupadd -f rapl; usermod -aG rapl $USER; "
+    "/etc/udev/rules.d/60-rapl.rules: SUBSYSTEM==\"powercap\", ACTION==\"add\", "
+    "RUN+=\"/bin/chgrp rapl /sys%p/energy_uj\", RUN+=\"/bin/chmod g+r /sys%p/energy_uj\"; "
+    "then udevadm trigger -s powercap (or run greentune as root)"
+)
+
 POWERCAP_ROOT = Path("/sys/class/powercap")
 
 
@@ -39,10 +49,7 @@ def find_domains(root: Path = POWERCAP_ROOT) -> list[RaplDomain]:
                 energy.read_text()
                 max_range = int((path / "max_energy_range_uj").read_text())
             except PermissionError:
-                raise MeterUnavailable(
-                    f"RAPL: {energy} exists but is not readable; run `sudo chmod a+r {root}/*-rapl:*/energy_uj "
-                    f"{root}/*-rapl:*/*/energy_uj` (or run greentune as root)"
-                ) from None
+                raise MeterUnavailable(f"RAPL: {energy} exists but is not readable; {RAPL_ACCESS_ADVICE}") from None
             except (OSError, ValueError) as exc:
                 raise MeterUnavailable(f"RAPL: cannot read {path}: {exc}") from None
             domains.append(RaplDomain(label.replace("package-", "package"), energy, max_range))

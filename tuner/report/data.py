@@ -71,8 +71,12 @@ class ReportData:
         return "failed" if result.failed else ("feasible" if result.feasible else "infeasible")
 
 
-def load_report_data(output_dir: Path) -> ReportData:
-    """Read OUTPUT/summary.json and OUTPUT/trials/*.json (and the study, for parameter importance)."""
+def load_report_data(output_dir: Path, storage: str | None = None) -> ReportData:
+    """Read OUTPUT/summary.json and OUTPUT/trials/*.json (and the study, for parameter importance).
+
+    The study is read from `storage` (--storage / GREENTUNE_STORAGE), else OUTPUT/study.db where it exists;
+    never from the URL in summary.json, which is recorded with its password masked.
+    """
     output_dir = Path(output_dir)
     summary_path = paths.summary_path(output_dir)
     if not summary_path.exists():
@@ -87,20 +91,24 @@ def load_report_data(output_dir: Path) -> ReportData:
             results.append(TrialResult.from_dict(json.loads(path.read_text())["trial"]))
         except (json.JSONDecodeError, KeyError):
             continue  # a record being written right now: the next render will have it
-    importances, note = _importances(summary)
+    if storage is None and (output_dir / "study.db").is_file():
+        storage = f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    importances, note = _importances(summary, storage)
     return ReportData(output_dir, summary, sorted(results, key=lambda r: r.number), importances, note)
 
 
-def _importances(summary: dict[str, Any]) -> tuple[dict[str, float], str]:
+def _importances(summary: dict[str, Any], storage: str | None) -> tuple[dict[str, float], str]:
     """Optuna's parameter importances (fANOVA) over the study's completed trials, if there are enough."""
     study_info = summary.get("study") or {}
-    if not study_info.get("storage"):
+    if not study_info.get("name"):
         return {}, "no study recorded"
+    if storage is None:
+        return {}, "study not read: give greentune report --storage URL (or GREENTUNE_STORAGE)"
     try:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_info["name"], storage=study_info["storage"])
+        study = optuna.load_study(study_name=study_info["name"], storage=storage)
         complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 3:
             return {}, f"needs at least 3 completed trials ({len(complete)} so far)"
@@ -111,7 +119,9 @@ def _importances(summary: dict[str, Any]) -> tuple[dict[str, float], str]:
             values = optuna.importance.get_param_importances(study)
         return {k: float(v) for k, v in values.items() if math.isfinite(v)}, "Optuna fANOVA importance evaluator"
     except Exception as exc:  # a report must render even when the study cannot be read
-        return {}, f"unavailable: {str(exc).splitlines()[0][:120]}"
+        from tuner.redact import redact
+
+        return {}, f"unavailable: {redact(str(exc).splitlines()[0][:120])}"
 
 
 @dataclass(frozen=True)

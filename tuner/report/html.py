@@ -129,7 +129,7 @@ def render_html(data: ReportData) -> str:
            if head.tie else "")
     ties = data.summary.get("ties_with_best") or []
     tie_note = (f'<p class="muted">Trials statistically tied with the chosen one (95% CIs overlap): '
-                f'{", ".join(map(str, ties))}.</p>' if ties else "")
+                f'{html.escape(", ".join(map(str, ties)))}.</p>' if ties else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>greentune report: {html.escape(data.model)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>

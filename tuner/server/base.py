@@ -26,6 +26,8 @@ class Server:
     probe: ResourceProbe | None = None  # where the server's CPU time and memory can be read
     alive: Callable[[], bool] | None = None  # overrides the pid check (containers)
     log_reader: Callable[[int], str] | None = None  # overrides reading log_path (containers)
+    # Headers the model-repository API (load/unload) needs: the per-run key of a server greentune started.
+    control_headers: dict[str, str] = field(default_factory=dict, repr=False)
 
     def is_alive(self) -> bool:
         """True while the server process runs (always True for a server we did not start)."""

@@ -1,4 +1,8 @@
-"""Model control on a running server: load a config override, read metadata, smoke-test; Triton errors translated."""
+"""Model control on a running server: load a config override, read metadata, smoke-test; Triton errors translated.
+
+Every model-repository call (load) goes through here and sends the server's per-run control key
+(Server.control_headers): servers greentune starts refuse that API to anyone without it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,13 @@ from tuner.errors import ModelLoadError, ServerDied, ServerError
 from tuner.model_config import ModelConfig, to_json
 from tuner.server.base import Server
 
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"  # Triton 2.51 expects restricted-protocol keys with this prefix on gRPC
+
+
+def _control_headers(server: Server) -> dict[str, str]:
+    """The per-run key as gRPC metadata for the model-repository protocol."""
+    return {GRPC_HEADER_PREFIX + key: value for key, value in server.control_headers.items()}
+
 
 def _client(server: Server) -> grpcclient.InferenceServerClient:
     return grpcclient.InferenceServerClient(server.grpc_url)
@@ -20,7 +31,7 @@ def load_config(server: Server, model: str, config: ModelConfig, timeout_s: floa
     """Load (or reload) the model with this config override; ModelLoadError carries Triton's message."""
     client = _client(server)
     try:
-        client.load_model(model, config=to_json(config), client_timeout=timeout_s)
+        client.load_model(model, config=to_json(config), client_timeout=timeout_s, headers=_control_headers(server))
     except InferenceServerException as exc:
         if not server.is_alive():
             raise ServerDied(f"tritonserver died while loading {model}; last log lines:\n{server.log_tail()}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -12,8 +13,10 @@ from typing import Any
 
 from tuner.errors import BadInput, ServerStartError
 from tuner.events import ImagePulling, Progress, emit
+from tuner.redact import mask_url, redact
 from tuner.server.base import Server
-from tuner.server.local import triton_args, wait_ready
+from tuner.server.identity import Owner
+from tuner.server.local import new_control_key, restricted_args, triton_args, wait_ready
 from tuner.server.probes import ContainerProbe
 from tuner.server.process import free_ports, port_in_use, signals_deferred
 
@@ -22,6 +25,8 @@ DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 LABEL_RUN = "greentune.run"
 LABEL_OUTPUT = "greentune.output"
 LABEL_OWNER = "greentune.owner_pid"
+# The owner's identity (tuner/server/identity.py): a container is left over only when its owner is proven dead.
+LABEL_OWNER_PREFIX = "greentune.owner."
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
 
@@ -36,9 +41,9 @@ def docker_client(docker_host: str | None = None) -> Any:
         client = docker.client.DockerClient(base_url=host, timeout=60) if host else docker.client.from_env(timeout=60)
         client.ping()
     except docker.errors.DockerException as exc:
-        where = host or "the default socket (unix:///var/run/docker.sock)"
+        where = mask_url(host) or "the default socket (unix:///var/run/docker.sock)"
         raise BadInput(
-            f"--docker-host: no Docker Engine API at {where} ({_first_line(exc)}); start Docker, or start "
+            f"--docker-host: no Docker Engine API at {where} ({redact(_first_line(exc))}); start Docker, or start "
             "`podman system service --time=0 unix:///PATH.sock` and pass --docker-host unix:///PATH.sock"
         ) from None
     return client
@@ -64,6 +69,7 @@ class DockerLauncher:
         network: str = "host",
         ready_timeout_s: float = 180.0,
         pull_progress: Progress | None = None,
+        user: str | None = None,
     ) -> None:
         if network not in ("host", "bridge"):
             raise BadInput(f"--network {network}: expected host or bridge (published ports)")
@@ -75,6 +81,7 @@ class DockerLauncher:
         self.network = network
         self.ready_timeout_s = ready_timeout_s
         self.pull_progress = pull_progress
+        self.user = user
 
     def ensure_image(self, client: Any) -> None:
         """Pull the image when it is not present, reporting progress; BadInput naming the image when it fails."""
@@ -118,17 +125,24 @@ class DockerLauncher:
         kwargs: dict[str, Any] = {
             "detach": True,
             "name": f"greentune-{run_id}",
-            "labels": {LABEL_RUN: run_id, LABEL_OUTPUT: str(output_dir.resolve()), LABEL_OWNER: str(os.getpid())},
+            "labels": {LABEL_RUN: run_id, LABEL_OUTPUT: str(output_dir.resolve()), **owner_labels(Owner.current())},
             "volumes": {str(repo): {"bind": "/models", "mode": "ro"}},
             "shm_size": self.shm_size,
+            # Least privilege: no capabilities, no privilege gain through setuid files, the caller's uid:gid.
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            **self.user_options(),
         }
         ports = dict(zip(CONTAINER_PORTS, free_ports(3), strict=True))
+        control_headers = new_control_key()
         if self.network == "host":
-            command = ["tritonserver", *triton_args("/models", ports["http"], ports["grpc"], ports["metrics"])]
+            command = ["tritonserver", *triton_args("/models", ports["http"], ports["grpc"], ports["metrics"],
+                                                    control_headers)]
             kwargs["network_mode"] = "host"
         else:
             # Inside its own network namespace the server listens on the image's usual ports, published here.
-            command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0"]
+            command = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--log-verbose=0",
+                       *restricted_args(control_headers)]
             kwargs["ports"] = {f"{CONTAINER_PORTS[k]}/tcp": ("127.0.0.1", ports[k]) for k in CONTAINER_PORTS}
         for name, port in ports.items():
             if port_in_use(port):
@@ -148,9 +162,15 @@ class DockerLauncher:
                     started.append(client.containers.run(self.image, command, **kwargs))
             except docker.errors.APIError as exc:
                 raise ServerStartError(f"cannot start a container from {self.image}: {_first_line(exc)}") from None
-            server = self._server(started[0], ports, log_path)
+            server = dataclasses.replace(self._server(started[0], ports, log_path), control_headers=control_headers)
             _wait_container_ready(server, started[0], self.ready_timeout_s)
             yield server
+
+    def user_options(self) -> dict[str, Any]:
+        """Run the server as the caller's uid:gid (it needs no more: the repository is read-only, the log goes to
+        stdout), with HOME in /tmp for tools that want one; --container-user overrides (e.g. the image's own user)."""
+        user = self.user if self.user is not None else f"{os.getuid()}:{os.getgid()}"
+        return {"user": user, "environment": {"HOME": "/tmp"}} if user else {}
 
     def _server(self, container: Any, ports: dict[str, int], log_path: Path) -> Server:
         def alive() -> bool:
@@ -226,27 +246,39 @@ def _remove_by_label(client: Any, run_id: str) -> None:
             container.remove(force=True)
 
 
+def owner_labels(owner: Owner) -> dict[str, str]:
+    """Container labels naming the owning greentune process (pid kept under its old label too)."""
+    return {LABEL_OWNER: str(owner.pid), **{LABEL_OWNER_PREFIX + k: v for k, v in owner.to_dict().items()}}
+
+
+def label_owner(labels: dict[str, str]) -> Owner | None:
+    """The owner recorded in a container's labels, or None (then it cannot be proven dead)."""
+    fields = {k[len(LABEL_OWNER_PREFIX):]: v for k, v in labels.items() if k.startswith(LABEL_OWNER_PREFIX)}
+    return Owner.from_dict(fields)
+
+
 def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
-    """Remove containers left by killed greentune runs (for output_dir, or all when None) whose owner is gone."""
+    """Remove containers of killed greentune runs (for output_dir, or all when None).
+
+    Only containers whose owner is proven dead: recorded in this boot and this pid namespace, and that pid now
+    free or belonging to a process started at another time. Containers of another host (remote daemon), another
+    container's greentune, an older greentune without identity labels, or a live owner are left alone.
+    """
     import docker.errors
-    import psutil
 
     removed: list[str] = []
-    filters = {"label": LABEL_RUN}
     try:
-        containers = client.containers.list(all=True, filters=filters)
+        containers = client.containers.list(all=True, filters={"label": LABEL_RUN})
     except docker.errors.DockerException:
         return removed
     for container in containers:
         labels = container.labels or {}
         if output_dir is not None and labels.get(LABEL_OUTPUT) != str(Path(output_dir).resolve()):
             continue
-        owner = int(labels.get(LABEL_OWNER, "0") or 0)
-        if owner and owner != os.getpid() and psutil.pid_exists(owner):
-            continue  # a live greentune still uses it
+        owner = label_owner(labels)
+        if owner is None or not owner.proven_dead():
+            continue
         with contextlib.suppress(docker.errors.DockerException):
             container.remove(force=True)
             removed.append(container.name)
     return removed
-
-

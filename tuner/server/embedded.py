@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import BadInput, ServerStartError
+from tuner.fileio import atomic_write
 
 PYTRITON_VERSION = "0.7.0"
 WHEEL_GLOB = f"nvidia_pytriton-{PYTRITON_VERSION}-*.whl"
+# sha256 of each nvidia-pytriton wheel greentune unpacks and runs (from PyPI); any other file is refused.
+PINNED_SHA256 = {
+    "nvidia_pytriton-0.7.0-py3-none-manylinux_2_35_x86_64.whl":
+        "21f063ff93bb426d0c06b7a55e7eb9efcfe62c0dddd9a908e9877e18710128df",
+}
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,13 @@ def embedded_triton(allow_fetch: bool = True) -> TritonInstall:
     root = cache_dir() / f"pytriton-{PYTRITON_VERSION}"
     marker = root / ".complete"
     if not marker.exists():
-        wheel = _find_wheel(allow_fetch)
-        _unpack(wheel, root)
-        marker.write_text(str(wheel))
+        # Two first runs at once: one downloads and unpacks under the lock, the other waits and finds it done.
+        with cache_lock(f"pytriton-{PYTRITON_VERSION}"):
+            if not marker.exists():
+                wheel = _find_wheel(allow_fetch)
+                check_sha256(wheel)
+                _unpack(wheel, root)
+                atomic_write(marker, str(wheel))
     server_dir = root / "pytriton" / "tritonserver"
     py = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = server_dir / "python_backend_stubs" / py / "triton_python_backend_stub"
@@ -66,11 +80,16 @@ def embedded_triton(allow_fetch: bool = True) -> TritonInstall:
         )
     backends = root / f"backends-py{py}"
     if not (backends / "python" / "triton_python_backend_stub").exists():
-        tmp = root / f".backends-py{py}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(server_dir / "backends", tmp)
-        shutil.copy2(stub, tmp / "python" / "triton_python_backend_stub")
-        tmp.rename(backends)
+        with cache_lock(f"pytriton-{PYTRITON_VERSION}-backends-py{py}"):
+            if not (backends / "python" / "triton_python_backend_stub").exists():
+                tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".backends-py{py}."))
+                try:
+                    shutil.copytree(server_dir / "backends", tmp / "backends")
+                    shutil.copy2(stub, tmp / "backends" / "python" / "triton_python_backend_stub")
+                    shutil.rmtree(backends, ignore_errors=True)  # a half-made tree of an older version
+                    (tmp / "backends").rename(backends)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
     libs = [str(root / "nvidia_pytriton.libs")]
     pylib = sysconfig.get_config_var("LIBDIR")
     if pylib:
@@ -99,7 +118,7 @@ def _find_wheel(allow_fetch: bool) -> Path:
             f"or run `greentune doctor --fetch` to download nvidia-pytriton {PYTRITON_VERSION}"
         )
     wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(wheels),
            f"nvidia-pytriton=={PYTRITON_VERSION}"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(wheels.glob(WHEEL_GLOB))
@@ -112,17 +131,54 @@ def _find_wheel(allow_fetch: bool) -> Path:
     return found[-1]
 
 
+@contextlib.contextmanager
+def cache_lock(name: str) -> Iterator[None]:
+    """An exclusive lock (fcntl, released when the process dies) on one item of the cache."""
+    import fcntl
+
+    folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f".{name}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def check_sha256(wheel: Path, pinned: dict[str, str] | None = None) -> str:
+    """The wheel's sha256, when it matches the pinned value for its file name; ServerStartError otherwise."""
+    pinned = PINNED_SHA256 if pinned is None else pinned
+    digest = hashlib.sha256()
+    with open(wheel, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    actual = digest.hexdigest()
+    expected = pinned.get(wheel.name)
+    if expected is None:
+        raise ServerStartError(f"{wheel}: no pinned sha256 for this platform's nvidia-pytriton wheel ({actual}); "
+                               "give --tritonserver PATH or put tritonserver on PATH")
+    if actual != expected:
+        raise ServerStartError(f"{wheel}: sha256 {actual} does not match the pinned {expected}; delete it "
+                               "and retry (`greentune doctor --fetch`), or give --tritonserver PATH")
+    return actual
+
+
 def _unpack(wheel: Path, root: Path) -> None:
-    """Extract the server tree and libraries, keeping the executable bits zipfile drops."""
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for info in archive.infolist():
-            if not info.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")):
-                continue
-            path = Path(archive.extract(info, tmp))
-            mode = info.external_attr >> 16
-            if mode & 0o111:
-                path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    """Extract the server tree and libraries into a unique temp dir beside root, keeping the executable bits
+    zipfile drops, then move it into place (called under cache_lock)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                if not info.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")):
+                    continue
+                path = Path(archive.extract(info, tmp))
+                mode = info.external_attr >> 16
+                if mode & 0o111:
+                    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+        shutil.rmtree(root, ignore_errors=True)
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

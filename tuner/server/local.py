@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import time
@@ -25,6 +26,7 @@ from tuner.server.process import (
 )
 
 STATE_DIR = ".greentune"
+logger = logging.getLogger("greentune")
 
 
 class LocalLauncher:
@@ -61,11 +63,14 @@ class LocalLauncher:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         state_dir = output_dir / STATE_DIR
-        reap_leftover(state_dir)
+        for note in reap_leftover(state_dir)[1]:
+            logger.warning("leftover server: %s", note)  # reported, never fatal for this run
         http_port, grpc_port, metrics_port = check_ports(self.ports) if self.ports else free_ports(3)
         log_path = output_dir / "tritonserver.log"
+        control_headers = new_control_key()
         cmd = [str(install.binary),
-               *triton_args(str(Path(model_repository).resolve()), http_port, grpc_port, metrics_port),
+               *triton_args(str(Path(model_repository).resolve()), http_port, grpc_port, metrics_port,
+                            control_headers),
                *self.extra_args]
         if install.backend_directory is not None:
             cmd.append(f"--backend-directory={install.backend_directory}")
@@ -91,6 +96,7 @@ class LocalLauncher:
                 kind="local",
                 details={"binary": str(install.binary), "source": install.source},
                 probe=ProcessTreeProbe(proc.pid),
+                control_headers=control_headers,
             )
             wait_ready(server, self.ready_timeout_s, proc)
             yield server
@@ -108,9 +114,33 @@ def _stop(proc: subprocess.Popen[bytes], pid_files: list[Path]) -> None:
             pid_file.unlink(missing_ok=True)
 
 
-def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int) -> list[str]:
-    """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports."""
-    return [
+CONTROL_HEADER = "greentune-control-key"
+
+
+def new_control_key() -> dict[str, str]:
+    """A random per-run key for Triton's model-repository API, as the header greentune sends (tuner.redact knows it)."""
+    import secrets
+
+    from tuner.redact import remember
+
+    key = secrets.token_urlsafe(24)
+    remember(key)
+    return {CONTROL_HEADER: key}
+
+
+def restricted_args(control_headers: dict[str, str]) -> list[str]:
+    """Restrict load/unload (model-repository) on both endpoints to requests carrying the key; inference,
+    health, metadata and statistics stay open, so load generators and perf_analyzer need no key."""
+    return [arg for key, value in control_headers.items()
+            for arg in (f"--grpc-restricted-protocol=model-repository:{key}={value}",
+                        f"--http-restricted-api=model-repository:{key}={value}")]
+
+
+def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int,
+                control_headers: dict[str, str] | None = None) -> list[str]:
+    """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports, and the
+    model-repository API restricted to the holder of the per-run key."""
+    return [*restricted_args(control_headers or {}),
         f"--model-repository={model_repository}",
         "--model-control-mode=explicit",
         "--log-verbose=0",

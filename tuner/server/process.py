@@ -15,7 +15,8 @@ from pathlib import Path
 import psutil
 
 SHM_PREFIX = "triton_python_backend_shm_region_"
-PID_FILE = "server.pid.json"
+PID_FILE = "server.pid.json"  # the one shared file older versions wrote
+PID_SUFFIX = ".pid.json"
 
 
 @contextlib.contextmanager
@@ -155,31 +156,72 @@ def _name(proc: psutil.Process) -> str:
 
 
 def write_pid_file(state_dir: Path, pgid: int, binary: str) -> Path:
-    """Record a server we started, so a later run can stop it if this process is killed."""
+    """Record a server we started (one file per run), so a later run can stop it if this process is killed.
+
+    The file holds the server's pid and start time and the owner's identity (boot id, pid namespace, pid, start
+    time, uid): reap_leftover compares them before it kills anything.
+    """
+    import uuid
+
+    from tuner.server.identity import Owner
+
     state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / PID_FILE
-    path.write_text(json.dumps({"pgid": pgid, "binary": binary, "owner_pid": os.getpid()}))
+    server = Owner.of(pgid)
+    path = state_dir / f"server-{os.getpid()}-{uuid.uuid4().hex[:8]}{PID_SUFFIX}"
+    record = {"pgid": pgid, "binary": binary, "server": server.to_dict() if server else None,
+              "owner": Owner.current().to_dict()}
+    from tuner.fileio import atomic_write
+
+    atomic_write(path, json.dumps(record))
     return path
 
 
-def reap_leftover(state_dir: Path) -> int | None:
-    """Stop a server left by a killed earlier run in this output directory; returns its pgid if one was stopped."""
-    path = state_dir / PID_FILE
-    if not path.exists():
-        return None
+def reap_leftover(state_dir: Path) -> tuple[list[int], list[str]]:
+    """Stop servers left by killed earlier runs in this output folder.
+
+    Returns (stopped process groups, notes). A server is stopped only when its owner is proven dead (same boot and
+    pid namespace, pid gone or reused) and the process group leader is still the recorded server: same start time,
+    same uid, a tritonserver. What cannot be read, removed or signalled (another user's files) becomes a note.
+    """
+    from tuner.server.identity import Owner
+
+    stopped: list[int] = []
+    notes: list[str] = []
     try:
-        record = json.loads(path.read_text())
-        pgid = int(record["pgid"])
-        owner = int(record.get("owner_pid", 0))
-    except (ValueError, KeyError, OSError):
-        path.unlink(missing_ok=True)
-        return None
-    if owner and owner != os.getpid() and psutil.pid_exists(owner):
-        return None  # another live greentune owns it
-    members = group_processes(pgid)
-    stopped = None
-    if any("tritonserver" in _name(p) or "triton_python" in _name(p) for p in members):
-        stop_group(pgid, grace_s=2.0)
-        stopped = pgid
-    path.unlink(missing_ok=True)
-    return stopped
+        paths = sorted(state_dir.glob(f"*{PID_SUFFIX}"))  # includes the older shared server.pid.json
+    except OSError as exc:
+        return stopped, [f"{state_dir}: cannot list pid files ({exc.strerror or exc})"]
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+            pgid = int(record["pgid"])
+        except PermissionError as exc:
+            notes.append(f"{path}: not readable ({exc.strerror}); left alone")
+            continue
+        except (ValueError, KeyError, TypeError, OSError):
+            notes.append(f"{path}: unreadable pid file; left alone")
+            continue
+        owner = Owner.from_dict(record.get("owner") or {})
+        server = Owner.from_dict(record.get("server") or {})
+        if owner is None or server is None:
+            notes.append(f"{path}: written by an older greentune (no owner identity); left alone")
+            continue
+        if not owner.proven_dead():
+            continue  # a live greentune, or one this process cannot see (another container or host)
+        if server.is_running():
+            if server.uid != os.getuid() and os.getuid() != 0:
+                notes.append(f"{path}: server {pgid} belongs to uid {server.uid}; left alone")
+                continue
+            members = group_processes(pgid)
+            if any("tritonserver" in _name(p) or "triton_python" in _name(p) for p in members):
+                try:
+                    stop_group(pgid, grace_s=2.0)
+                    stopped.append(pgid)
+                except PermissionError as exc:
+                    notes.append(f"{path}: cannot stop server {pgid} ({exc.strerror}); left alone")
+                    continue
+        try:
+            path.unlink(missing_ok=True)
+        except PermissionError as exc:
+            notes.append(f"{path}: cannot remove ({exc.strerror})")
+    return stopped, notes
