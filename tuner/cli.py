@@ -68,9 +68,11 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("source / note")
-    table.add_row("throughput", fmt_spread(m.throughput_per_s, 1, "infer/s"), "load generator")
-    table.add_row("latency p50 / p95", f"{m.p50_ms:.2f} / {m.p95_ms:.2f} ms", "all requests in measured windows")
-    table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), "per window")
+    engine = f"load generator: {m.load.get('engine', 'builtin')}"
+    table.add_row("throughput", fmt_spread(m.throughput_per_s, 1, "infer/s"), engine)
+    table.add_row("latency p50 / p95", f"{m.p50_ms:.2f} / {m.p95_ms:.2f} ms",
+                  f"all requests in measured windows ({engine})")
+    table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), f"per window ({engine})")
     if m.energy_j is not None:
         domains = ", ".join(f"{k} {v:.1f} J" for k, v in m.energy_domains_j.items())
         table.add_row("energy", f"{m.total_energy_j or m.energy_j:.1f} J over {m.duration_s:.1f} s",
@@ -144,6 +146,12 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--input-data", type=click.Path(path_type=Path), default=None,
                      help="Real inputs in perf_analyzer's JSON format."),
         click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."),
+        click.option("--load-generator", type=click.Choice(["auto", "builtin", "perf_analyzer"]), default="auto",
+                     show_default=True,
+                     help="Load engine: perf_analyzer (Triton's own client), builtin (multi-process asyncio gRPC), or "
+                          "auto: perf_analyzer where found, else builtin."),
+        click.option("--perf-analyzer", type=click.Path(path_type=Path), default=None,
+                     help="perf_analyzer binary (default: on PATH, else the copy `greentune doctor --fetch` caches)."),
         click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
                      help="A measurement with a larger fraction of failed requests fails (with counts)."),
         click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
@@ -243,7 +251,7 @@ def measure_settings(flags: dict[str, Any]) -> Any:
 
 
 def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
-               allow_auto: bool = False) -> Any:
+               allow_auto: bool = False, engine: str = "builtin", perf_analyzer: Path | None = None) -> Any:
     """LoadSpec from flags (closed loop at concurrency 8 unless told otherwise); None means --concurrency auto."""
     from tuner.errors import BadInput
     from tuner.load import LoadSpec
@@ -262,7 +270,18 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
             raise BadInput(f"--concurrency {concurrency}: expected a positive integer or auto") from None
     elif request_rate is None:
         count = 8
-    return LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout)
+    return LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout,
+                    engine=engine, perf_analyzer=perf_analyzer)
+
+
+def load_engine(flags: dict[str, Any]) -> str:
+    """--load-generator resolved (auto: perf_analyzer where found, else builtin), announced on stderr."""
+    from tuner.engines import resolve_engine
+
+    engine = resolve_engine(flags["load_generator"], flags["perf_analyzer"])
+    how = " (auto)" if flags["load_generator"] == "auto" else ""
+    console.print(f"load generator: {engine}{how}", highlight=False)
+    return engine
 
 
 @cli.command()
@@ -295,7 +314,8 @@ def measure(**flags: Any) -> None:
 
     validate_trial(base, trial)
     settings = measure_settings(flags)
-    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
+                      engine=load_engine(flags), perf_analyzer=flags["perf_analyzer"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     gpus = parse_gpus(flags["gpus"])
     with console.status("starting Triton…") as status:
@@ -328,9 +348,10 @@ def _load_text(load: Any) -> str:
     described = load if isinstance(load, dict) else load.describe()
     if described["mode"] == "auto":
         return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
+    engine = f" ({described['engine']})" if described.get("engine") else ""
     if described["mode"] == "concurrency":
-        return f"concurrency {described['concurrency']}"
-    return f"{described['request_rate_per_s']:g} req/s open loop"
+        return f"concurrency {described['concurrency']}{engine}"
+    return f"{described['request_rate_per_s']:g} req/s open loop{engine}"
 
 
 @cli.command()
@@ -419,7 +440,9 @@ def _search_job(flags: dict[str, Any]) -> Any:
     space = load_space(path)
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
-    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True)
+    engine = load_engine(flags)
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True,
+                      engine=engine, perf_analyzer=flags["perf_analyzer"])
     if load is None and constraints.max_p99_ms is None:
         from tuner.errors import BadInput
 
@@ -435,12 +458,14 @@ def _search_job(flags: dict[str, Any]) -> Any:
                     constraints=constraints, load=load, inputs=InputSource(parse_shape_options(flags["shape"]),
                                                                            flags["input_data"]),
                     measure=measure, output=flags["output"], energy_meter=flags["energy_meter"],
-                    cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]))
+                    cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]), engine=engine,
+                    perf_analyzer=flags["perf_analyzer"])
     return job, settings
 
 
 @cli.command()
-@click.option("--fetch", is_flag=True, help="Download the embedded Triton server (nvidia-pytriton) if missing.")
+@click.option("--fetch", is_flag=True,
+              help="Download the embedded Triton server (nvidia-pytriton) and perf_analyzer (tritonclient) if missing.")
 @click.option("--cleanup", is_flag=True, help="Remove containers left by killed greentune runs (found by label).")
 @click.option("--docker-host", default=None, help="Docker Engine API for --cleanup (default: DOCKER_HOST).")
 @handle_errors

@@ -11,16 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from tuner.engines import RequestRecords, bin_window, run_engine
 from tuner.errors import BadInput, LoadGenerationError, ServerDied
 from tuner.inputs import Sample, input_specs, load_input_data, synthetic_samples
-from tuner.load import LoadGenerator, LoadSpec, WindowStats, is_stable
+from tuner.load import LoadSpec, WindowStats, is_stable
 from tuner.meters.base import SOURCE_UNAVAILABLE, Meter, Reading
 from tuner.model_config import ModelConfig, apply_trial
 from tuner.results import Measurement, Spread, TrialConfig, Window
 from tuner.server import control
 from tuner.server.base import Server
+from tuner.server.metrics import inference_count
 
 Progress = Callable[[str, dict[str, Any]], None]
+COUNT_TOLERANCE = 0.02  # a window whose count differs from Triton's by more is flagged
+STUB_EXIT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,10 @@ def load_trial(
     """Load the trial's config into the server and return request inputs for it."""
     config = apply_trial(base_config, trial)
     _emit(progress, "loading", {"config": trial.describe()})
+    previous = control.backend_stub_pids(server)
     control.load_config(server, model, config)
+    # The previous config's instances exit after load returns; their memory must not count as this config's.
+    control.wait_for_exit(previous, STUB_EXIT_TIMEOUT_S)
     return inputs.samples(server, model)
 
 
@@ -142,12 +149,15 @@ def measure_auto_concurrency(
     max_concurrency: int = 256,
     progress: Progress | None = None,
     idle_power_w: float | None = None,
+    engine: str = "builtin",
+    perf_analyzer: Path | None = None,
 ) -> Measurement:
     """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there."""
     samples = load_trial(server, model, base_config, trial, inputs, progress)
     chosen, best_throughput, concurrency = 1, 0.0, 1
     while concurrency <= max_concurrency:
-        stats = asyncio.run(_probe(server, model, samples, LoadSpec(concurrency, None, request_timeout_s), settings))
+        probe_load = LoadSpec(concurrency, None, request_timeout_s, engine=engine, perf_analyzer=perf_analyzer)
+        stats = asyncio.run(_probe(server, model, samples, probe_load, settings))
         _check_alive(server)
         p99 = stats.percentile_ms(99)
         _emit(progress, "probe", {"concurrency": concurrency, "throughput_per_s": stats.throughput_per_s, "p99_ms": p99})
@@ -157,15 +167,20 @@ def measure_auto_concurrency(
             break  # saturated: more clients only add queueing
         chosen, best_throughput = concurrency, stats.throughput_per_s
         concurrency *= 2
-    load = LoadSpec(chosen, None, request_timeout_s)
+    load = LoadSpec(chosen, None, request_timeout_s, engine=engine, perf_analyzer=perf_analyzer)
     measurement = asyncio.run(_measure(server, model, trial, load, samples, meters, settings, progress, idle_power_w))
-    return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms})
+    return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms,
+                                      "engine": engine})
 
 
 async def _probe(server: Server, model: str, samples: list[Sample], load: LoadSpec, settings: MeasureSettings) -> WindowStats:
-    async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
-        await generator.window(min(settings.warmup_s, 0.5))
-        return await generator.window(settings.window_s or 2.0)
+    with run_engine(server.grpc_url, model, samples, load) as engine:
+        await asyncio.sleep(min(settings.warmup_s, 0.5))
+        start_ns = time.time_ns()
+        await asyncio.sleep(settings.window_s or 2.0)
+        end_ns = time.time_ns()
+        records = RequestRecords.merge([engine.drain(), engine.stop()])
+    return bin_window(records, start_ns, end_ns)
 
 
 async def _measure(
@@ -179,30 +194,72 @@ async def _measure(
     progress: Progress | None,
     idle_power_w: float | None = None,
 ) -> Measurement:
+    """Warm-up, then wall-clock windows under the meters; requests are binned into them by completion time."""
     windows: list[tuple[WindowStats, list[Reading]]] = []
-    async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
+    spans: list[tuple[int, int]] = []
+    triton_counts: list[float | None] = []
+    parts: list[RequestRecords] = []
+    with run_engine(server.grpc_url, model, samples, load) as engine:
+        _emit(progress, "engine", {"engine": engine.name})
         if settings.warmup_s > 0:
             _emit(progress, "warmup", {"seconds": settings.warmup_s})
-            await generator.window(settings.warmup_s)
+            await asyncio.sleep(settings.warmup_s)
+            engine.drain()
             _check_alive(server)
         window_s = settings.window_for(meters)
         for index in range(settings.max_windows):
+            count_before = inference_count(server.metrics_url, model)
             for meter in meters:
                 meter.begin()
+            start_ns = time.time_ns()
             try:
-                stats = await generator.window(window_s)
+                await asyncio.sleep(window_s)
             finally:
+                end_ns = time.time_ns()
                 readings = [meter.end() for meter in meters]
+            count_after = inference_count(server.metrics_url, model)
             _check_alive(server)
+            parts.append(engine.drain())
+            spans.append((start_ns, end_ns))
+            triton = count_after - count_before if count_before is not None and count_after is not None else None
+            triton_counts.append(triton)
+            if engine.live:  # records of this window may sit in this drain and the one before
+                stats = bin_window(RequestRecords.merge(parts[-2:]), start_ns, end_ns)
+            else:  # records come at the end: Triton's count meanwhile (p99 unknown until then)
+                stats = WindowStats(duration_s=(end_ns - start_ns) / 1e9)
             windows.append((stats, readings))
+            throughput = stats.throughput_per_s if engine.live else (triton or 0.0) / stats.duration_s
             _emit(progress, "window", {"index": index + 1, "max": settings.max_windows,
-                                       "throughput_per_s": stats.throughput_per_s, "p99_ms": stats.percentile_ms(99)})
-            if is_stable([w.throughput_per_s for w, _ in windows], [w.percentile_ms(99) for w, _ in windows],
-                         settings.stability_tolerance, settings.stable_windows):
+                                       "throughput_per_s": throughput, "p99_ms": stats.percentile_ms(99)})
+            throughputs = [w.throughput_per_s for w, _ in windows] if engine.live else [
+                (c or 0.0) / w.duration_s for c, (w, _) in zip(triton_counts, windows, strict=True)]
+            p99s = [w.percentile_ms(99) for w, _ in windows] if engine.live else [1.0] * len(windows)
+            if is_stable(throughputs, p99s, settings.stability_tolerance, settings.stable_windows):
                 break
+        parts.append(engine.stop())
     for meter in meters:
         meter.close()
-    return summarize(trial, load, windows, settings, idle_power_w)
+    records = RequestRecords.merge(parts)
+    windows = [(bin_window(records, start, end), readings) for (start, end), (_, readings) in zip(spans, windows,
+                                                                                                  strict=True)]
+    measurement = summarize(trial, load, windows, settings, idle_power_w)
+    used = len(measurement.windows)
+    checks = count_warnings([w for w, _ in windows][-used:], triton_counts[-used:], engine.name)
+    return replace(measurement, warnings=measurement.warnings + tuple(checks))
+
+
+def count_warnings(windows: list[WindowStats], triton_counts: list[float | None], engine: str) -> list[str]:
+    """A warning per window whose successful requests differ from Triton's nv_inference_count by more than 2%."""
+    warnings = []
+    for index, (stats, triton) in enumerate(zip(windows, triton_counts, strict=True)):
+        if triton is None:
+            continue
+        counted = stats.success_count
+        if abs(counted - triton) > COUNT_TOLERANCE * max(counted, triton, 1):
+            warnings.append(f"window {index + 1}: {engine} counted {counted} inferences, Triton's nv_inference_count "
+                            f"{triton:.0f} ({abs(counted - triton) / max(counted, triton):.1%} apart, over "
+                            f"{COUNT_TOLERANCE:.0%})")
+    return warnings
 
 
 def _check_alive(server: Server) -> None:

@@ -120,11 +120,13 @@ class SearchJob:
     energy_meter: str = "auto"
     cpu_tdp_watts: float | None = None
     gpus: list[int] | None = None
+    engine: str = "builtin"  # the load engine for --concurrency auto (otherwise load.engine)
+    perf_analyzer: Path | None = None
 
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
         if self.load is None:
-            return {"mode": "auto", "max_p99_ms": self.constraints.max_p99_ms}
+            return {"mode": "auto", "max_p99_ms": self.constraints.max_p99_ms, "engine": self.engine}
         return self.load.describe()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -354,7 +356,8 @@ class Search:
                 self._emit("repeat", {"number": result.number, "config": result.config.describe()})
                 try:
                     runs.append(measure_trial(server, job.model, job.base, result.config, job.load or LoadSpec(
-                        concurrency=result.measurement.load.get("concurrency", 1)), job.inputs, meters, job.measure,
+                        concurrency=result.measurement.load.get("concurrency", 1), engine=job.engine,
+                        perf_analyzer=job.perf_analyzer), job.inputs, meters, job.measure,
                         self.progress, self._idle_w(outcome)))
                 except (ModelLoadError, LoadGenerationError, ServerError) as exc:
                     self._emit("repeat_failed", {"number": result.number, "reason": str(exc).splitlines()[0]})
@@ -413,7 +416,8 @@ class Search:
                 assert job.constraints.max_p99_ms is not None
                 measurement = measure_auto_concurrency(server, job.model, job.base, config, job.constraints.max_p99_ms,
                                                        job.inputs, meters, job.measure, progress=self.progress,
-                                                       idle_power_w=self._idle_w(outcome))
+                                                       idle_power_w=self._idle_w(outcome), engine=job.engine,
+                                                       perf_analyzer=job.perf_analyzer)
             else:
                 measurement = measure_trial(server, job.model, job.base, config, job.load, job.inputs, meters,
                                             job.measure, self.progress, self._idle_w(outcome))

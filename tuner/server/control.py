@@ -75,3 +75,36 @@ def smoke_infer(server: Server, model: str, sample: dict[str, Any]) -> None:
         raise ServerError(f"smoke inference on {model} failed: {exc.message()}") from None
     finally:
         client.close()
+
+
+def backend_stub_pids(server: Server) -> set[int]:
+    """Pids of the server's child processes (Python-backend stubs); empty where they are not visible."""
+    probe = server.probe
+    if probe is None or not getattr(probe, "pids_visible", False) or server.pid is None:
+        return set()
+    return set(probe.pids()) - {server.pid}
+
+
+def wait_for_exit(pids: set[int], timeout_s: float = 30.0) -> set[int]:
+    """Wait until these processes (a previous config's instances) are gone; returns those still alive at timeout."""
+    import time
+
+    import psutil
+
+    deadline = time.monotonic() + timeout_s
+    alive = set(pids)
+    while alive:
+        alive = {pid for pid in alive if psutil.pid_exists(pid) and _running(pid)}
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
