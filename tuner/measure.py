@@ -129,7 +129,7 @@ def load_trial(
     """Load the trial's config into the server and return request inputs for it."""
     config = apply_trial(base_config, trial)
     _emit(progress, "loading", {"config": trial.describe()})
-    previous = control.backend_stub_pids(server)
+    previous = control.backend_stub_pids(server, model)
     control.load_config(server, model, config)
     # The previous config's instances exit after load returns; their memory must not count as this config's.
     control.wait_for_exit(previous, STUB_EXIT_TIMEOUT_S)

@@ -15,7 +15,7 @@ from tuner.server import LocalLauncher
 pytestmark = pytest.mark.integration
 
 # Short windows keep the suite quick; stability still needs 3 agreeing windows.
-FAST_FLAGS = ["--warmup", "0.5", "--window", "1", "--max-windows", "6", "--stability", "0.25"]
+FAST_FLAGS = ["--warmup", "0.5", "--window", "1", "--max-windows", "6", "--stability", "0.25", "--load-generator", "builtin"]
 
 
 @pytest.fixture(scope="session")

@@ -77,12 +77,25 @@ def smoke_infer(server: Server, model: str, sample: dict[str, Any]) -> None:
         client.close()
 
 
-def backend_stub_pids(server: Server) -> set[int]:
-    """Pids of the server's child processes (Python-backend stubs); empty where they are not visible."""
+def backend_stub_pids(server: Server, model: str) -> set[int]:
+    """Pids of the model's Python-backend stubs (one per instance, named MODEL_GROUP_INDEX); empty where not visible."""
+    import re
+
+    import psutil
+
     probe = server.probe
     if probe is None or not getattr(probe, "pids_visible", False) or server.pid is None:
         return set()
-    return set(probe.pids()) - {server.pid}
+    instance = re.compile(rf"{re.escape(model)}_\d+_\d+")
+    found = set()
+    for pid in set(probe.pids()) - {server.pid}:
+        try:
+            args = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            continue
+        if any(instance.fullmatch(arg) for arg in args[-3:]):
+            found.add(pid)
+    return found
 
 
 def wait_for_exit(pids: set[int], timeout_s: float = 30.0) -> set[int]:
