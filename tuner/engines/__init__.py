@@ -75,5 +75,9 @@ def run_engine(grpc_url: str, model: str, samples: list[Sample], load: LoadSpec)
         raise BadInput(f"--load-generator {load.engine}: expected one of {', '.join(ENGINE_NAMES)}")
     try:
         yield engine
-    finally:
-        engine.stop()
+    except BaseException:
+        # The original error (server died, Ctrl-C) is what matters; the engine is stopped either way.
+        with contextlib.suppress(Exception):
+            engine.stop()
+        raise
+    engine.stop()  # idempotent: a no-op when the bench already stopped it
