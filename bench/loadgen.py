@@ -1,7 +1,7 @@
 """Does greentune's built-in load engine keep up with perf_analyzer? Same server, same config, same inputs.
 
 One run, one embedded Triton server, one config loaded once; at each concurrency both engines measure it with the
-same windows and meters (perf_analyzer first, then the built-in), and the ratios built-in / perf_analyzer of
+same windows and meters (in alternating order), and the ratios built-in / perf_analyzer of
 throughput, p99 and inferences per joule are printed. Target: throughput >= 0.9x, p99 within 25%.
 
 usage: python bench/loadgen.py [--model mlp] [--concurrency 4,16,32,64] [--window 2] [--set instance_count=2 ...]
@@ -59,7 +59,8 @@ def main() -> None:
         version = control.server_version(server)
         for concurrency in concurrencies:
             row: dict[str, object] = {"concurrency": concurrency}
-            for engine in ("perf_analyzer", "builtin"):
+            order = ("perf_analyzer", "builtin") if len(rows) % 2 == 0 else ("builtin", "perf_analyzer")
+            for engine in order:  # alternated, so a drift of the shared machine does not favour one engine
                 m = measure_loaded(server, args.model, trial, LoadSpec(concurrency=concurrency, engine=engine),
                                    samples, meters, settings)
                 row[engine] = {"throughput_per_s": m.throughput_per_s.mean, "p99_ms": m.p99_ms.mean,

@@ -208,16 +208,15 @@ async def _measure(
             _check_alive(server)
         window_s = settings.window_for(meters)
         for index in range(settings.max_windows):
-            count_before = inference_count(server.metrics_url, model)
             for meter in meters:
                 meter.begin()
-            start_ns = time.time_ns()
             try:
+                # The window's stamps sit at the middle of Triton's count reads, inside the meters' span.
+                start_ns, count_before = _stamped_count(server, model)
                 await asyncio.sleep(window_s)
+                end_ns, count_after = _stamped_count(server, model)
             finally:
-                end_ns = time.time_ns()
                 readings = [meter.end() for meter in meters]
-            count_after = inference_count(server.metrics_url, model)
             _check_alive(server)
             parts.append(engine.drain())
             spans.append((start_ns, end_ns))
@@ -246,6 +245,13 @@ async def _measure(
     used = len(measurement.windows)
     checks = count_warnings([w for w, _ in windows][-used:], triton_counts[-used:], engine.name)
     return replace(measurement, warnings=measurement.warnings + tuple(checks))
+
+
+def _stamped_count(server: Server, model: str) -> tuple[int, float | None]:
+    """Triton's inference count of the model and the wall-clock ns (time.time_ns()) it stands for."""
+    before = time.time_ns()
+    count = inference_count(server.metrics_url, model)
+    return (before + time.time_ns()) // 2, count
 
 
 def count_warnings(windows: list[WindowStats], triton_counts: list[float | None], engine: str) -> list[str]:

@@ -90,7 +90,7 @@ def test_worker_records_merge_exactly_and_percentiles_come_from_the_union() -> N
 
 def test_concurrency_is_split_over_workers_without_losing_requests() -> None:
     assert shares(32, 3) == [11, 11, 10] and sum(shares(7, 4)) == 7
-    assert worker_count(LoadSpec(concurrency=1), cpus=16) == 1
+    assert worker_count(LoadSpec(concurrency=1), cpus=16) == 1 and worker_count(LoadSpec(concurrency=32), cpus=16) == 4
     assert worker_count(LoadSpec(concurrency=64), cpus=2) == 2
     assert worker_count(LoadSpec(concurrency=None, request_rate_per_s=100), cpus=64) == 8
 

@@ -28,10 +28,10 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def worker_count(load: LoadSpec, cpus: int | None = None) -> int:
-    """One worker per CPU, never more than the requests in flight (closed loop) and at most 8."""
+    """A worker per 8 requests in flight (closed loop), at most one per CPU and 8 in all."""
     cpus = cpus or os.cpu_count() or 1
     if load.concurrency is not None:
-        return max(1, min(cpus, load.concurrency, 8))
+        return max(1, min(cpus, -(-load.concurrency // 8), 8))
     return max(1, min(cpus, 8))
 
 
