@@ -132,7 +132,7 @@ def load_trial(
     previous = control.backend_stub_pids(server, model)
     control.load_config(server, model, config)
     # The previous config's instances exit after load returns; their memory must not count as this config's.
-    control.wait_for_exit(previous, STUB_EXIT_TIMEOUT_S)
+    control.wait_for_previous_instances(server, model, previous, STUB_EXIT_TIMEOUT_S)
     return inputs.samples(server, model)
 
 

@@ -98,20 +98,19 @@ def backend_stub_pids(server: Server, model: str) -> set[int]:
     return found
 
 
-def wait_for_exit(pids: set[int], timeout_s: float = 30.0) -> set[int]:
-    """Wait until these processes (a previous config's instances) are gone; returns those still alive at timeout."""
+def wait_for_previous_instances(server: Server, model: str, previous: set[int], timeout_s: float = 30.0) -> set[int]:
+    """After a load: wait until the previous config's stubs of the model have exited; returns those still alive.
+
+    Returns at once when the load started no new stubs (Triton kept the instances of an unchanged config).
+    """
     import time
 
-    import psutil
-
     deadline = time.monotonic() + timeout_s
-    alive = set(pids)
-    while alive:
-        alive = {pid for pid in alive if psutil.pid_exists(pid) and _running(pid)}
-        if not alive or time.monotonic() >= deadline:
-            break
+    while True:
+        alive = {pid for pid in previous if _running(pid)}
+        if not alive or backend_stub_pids(server, model) <= previous or time.monotonic() >= deadline:
+            return alive
         time.sleep(0.05)
-    return alive
 
 
 def _running(pid: int) -> bool:
