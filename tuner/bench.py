@@ -46,14 +46,14 @@ class LoadPolicy:
     auto_max_p99_ms: float | None = None
 
     @classmethod
-    def auto(cls, max_p99_ms: float, request_timeout_s: float) -> LoadPolicy:
-        """--concurrency auto under --max-p99-ms, with --request-timeout for every request."""
-        return cls(LoadSpec(concurrency=1, request_timeout_s=request_timeout_s), max_p99_ms)
+    def auto(cls, max_p99_ms: float, template: LoadSpec) -> LoadPolicy:
+        """--concurrency auto under --max-p99-ms; `template` carries --request-timeout and the engine."""
+        return cls(template, max_p99_ms)
 
     def describe(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
         if self.auto_max_p99_ms is not None:
-            return {"mode": "auto", "max_p99_ms": self.auto_max_p99_ms}
+            return {"mode": "auto", "max_p99_ms": self.auto_max_p99_ms, "engine": self.spec.engine}
         return self.spec.describe()
 
 

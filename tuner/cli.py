@@ -89,9 +89,11 @@ def measurement_table(m: Measurement, title: str) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("source / note")
-    table.add_row("throughput", fmt_spread(m.throughput_per_s, 1, "infer/s"), "load generator")
-    table.add_row("latency p50 / p95", f"{m.p50_ms:.2f} / {m.p95_ms:.2f} ms", "all requests in measured windows")
-    table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), "per window")
+    engine = f"load generator: {m.load.get('engine', 'builtin')}"
+    table.add_row("throughput", fmt_spread(m.throughput_per_s, 1, "infer/s"), engine)
+    table.add_row("latency p50 / p95", f"{m.p50_ms:.2f} / {m.p95_ms:.2f} ms",
+                  f"all requests in measured windows ({engine})")
+    table.add_row("latency p99", fmt_spread(m.p99_ms, 2, "ms"), f"per window ({engine})")
     if m.energy_j is not None:
         domains = ", ".join(f"{k} {v:.1f} J" for k, v in m.energy_domains_j.items())
         table.add_row("energy", f"{m.total_energy_j or m.energy_j:.1f} J over {m.duration_s:.1f} s",
@@ -165,6 +167,12 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--input-data", type=click.Path(path_type=Path), default=None,
                      help="Real inputs in perf_analyzer's JSON format."),
         click.option("--request-timeout", type=float, default=30.0, show_default=True, help="Seconds per request."),
+        click.option("--load-generator", type=click.Choice(["auto", "builtin", "perf_analyzer"]), default="auto",
+                     show_default=True,
+                     help="Load engine: perf_analyzer (Triton's own client), builtin (multi-process asyncio gRPC), or "
+                          "auto: perf_analyzer where found, else builtin."),
+        click.option("--perf-analyzer", type=click.Path(path_type=Path), default=None,
+                     help="perf_analyzer binary (default: on PATH, else the copy `greentune doctor --fetch` caches)."),
         click.option("--max-failure-rate", type=float, default=0.05, show_default=True,
                      help="A measurement with a larger fraction of failed requests fails (with counts)."),
         click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
@@ -293,8 +301,10 @@ def measure_settings(flags: dict[str, Any]) -> MeasureSettings:
 
 
 def build_load(concurrency: str | None, request_rate: float | None, request_timeout: float,
-               allow_auto: bool = False, max_p99_ms: float | None = None) -> LoadPolicy:
-    """The load policy from flags: closed loop at concurrency 8 unless told otherwise, or auto under max_p99_ms."""
+               allow_auto: bool = False, max_p99_ms: float | None = None, engine: str = "builtin",
+               perf_analyzer: Path | None = None) -> LoadPolicy:
+    """The load policy from flags: closed loop at concurrency 8 unless told otherwise, or auto under max_p99_ms;
+    every request sent by `engine`."""
     from tuner.bench import LoadPolicy
     from tuner.errors import BadInput
     from tuner.load import LoadSpec
@@ -306,7 +316,8 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
             raise BadInput("give either --concurrency auto or --request-rate, not both")
         if max_p99_ms is None:
             raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
-        return LoadPolicy.auto(max_p99_ms, request_timeout)
+        return LoadPolicy.auto(max_p99_ms, LoadSpec(concurrency=1, request_timeout_s=request_timeout, engine=engine,
+                                                     perf_analyzer=perf_analyzer))
     count: int | None = None
     if concurrency is not None:
         try:
@@ -315,7 +326,18 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
             raise BadInput(f"--concurrency {concurrency}: expected a positive integer or auto") from None
     elif request_rate is None:
         count = 8
-    return LoadPolicy(LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout))
+    return LoadPolicy(LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout,
+                               engine=engine, perf_analyzer=perf_analyzer))
+
+
+def load_engine(flags: dict[str, Any]) -> str:
+    """--load-generator resolved (auto: perf_analyzer where found, else builtin), announced on stderr."""
+    from tuner.engines import resolve_engine
+
+    engine = resolve_engine(flags["load_generator"], flags["perf_analyzer"])
+    how = " (auto)" if flags["load_generator"] == "auto" else ""
+    console.print(f"load generator: {engine}{how}", highlight=False)
+    return engine
 
 
 @cli.command()
@@ -348,7 +370,8 @@ def measure(**flags: Any) -> None:
     ensure_writable_dir(flags["output"])
     validate_trial(base, trial)
     settings = measure_settings(flags)
-    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"])
+    load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
+                      engine=load_engine(flags), perf_analyzer=flags["perf_analyzer"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
     with console.status("starting Triton…") as status:
@@ -374,6 +397,8 @@ def event_text(event: Event) -> str:
         return f"loading {event.config}"
     if isinstance(event, events.IdleMeasuring):
         return f"measuring idle power for {event.seconds:g} s"
+    if isinstance(event, events.EngineStarted):
+        return f"load engine: {event.engine}"
     if isinstance(event, events.WarmingUp):
         return f"warming up for {event.seconds:g} s"
     if isinstance(event, events.ConcurrencyProbed):
@@ -403,9 +428,10 @@ def status_text(event: Event) -> str:
 def _load_text(described: dict[str, Any]) -> str:
     if described["mode"] == "auto":
         return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
+    engine = f" ({described['engine']})" if described.get("engine") else ""
     if described["mode"] == "concurrency":
-        return f"concurrency {described['concurrency']}"
-    return f"{described['request_rate_per_s']:g} req/s open loop"
+        return f"concurrency {described['concurrency']}{engine}"
+    return f"{described['request_rate_per_s']:g} req/s open loop{engine}"
 
 
 @cli.command()
@@ -508,7 +534,8 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
                                     max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"], allow_auto=True,
-                      max_p99_ms=constraints.max_p99_ms)
+                      max_p99_ms=constraints.max_p99_ms, engine=load_engine(flags),
+                      perf_analyzer=flags["perf_analyzer"])
     measure = measure_settings(flags)
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
@@ -526,7 +553,8 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
 
 
 @cli.command()
-@click.option("--fetch", is_flag=True, help="Download the embedded Triton server (nvidia-pytriton) if missing.")
+@click.option("--fetch", is_flag=True,
+              help="Download the embedded Triton server (nvidia-pytriton) and perf_analyzer (tritonclient) if missing.")
 @click.option("--cleanup", is_flag=True, help="Remove containers left by killed greentune runs (found by label).")
 @click.option("--docker-host", default=None, help="Docker Engine API for --cleanup (default: DOCKER_HOST).")
 @handle_errors

@@ -35,7 +35,9 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
     except Exception as exc:  # reported, not raised: doctor explains
         checks.append(Check("triton", f"embedded (nvidia-pytriton {PYTRITON_VERSION})", False, str(exc).splitlines()[0],
                             f"greentune doctor --fetch (downloads into {cache_dir()})"))
-    local_ok = bool(on_path) or checks[-1].available
+    embedded_ok = checks[-1].available
+    checks.append(_perf_analyzer_check(fetch and embedded_ok))
+    local_ok = bool(on_path) or embedded_ok
     checks.append(Check("launcher", "local", local_ok, "starts tritonserver here" if local_ok else "no binary",
                         "" if local_ok else "see the triton lines above"))
     checks.append(Check("launcher", "remote", True, "uses a running server given by --url"))
@@ -46,6 +48,19 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
                         "CPU time of the server processes x (TDP / cores) + idle share; figures labelled 'estimated'"))
     checks.append(Check("meter", "memory", True, "peak RSS of the server process tree"))
     return checks
+
+
+def _perf_analyzer_check(fetch: bool) -> Check:
+    from tuner.engines.pa_install import TRITONCLIENT_VERSION, find_perf_analyzer
+
+    name = "perf_analyzer (load generator)"
+    try:
+        found = find_perf_analyzer(allow_fetch=fetch)
+    except Exception as exc:  # reported, not raised: doctor explains
+        return Check("load", name, False, str(exc).splitlines()[0],
+                     f"greentune doctor --fetch (from tritonclient=={TRITONCLIENT_VERSION}); else the built-in engine "
+                     f"is used")
+    return Check("load", name, True, f"{found.binary} ({found.source})")
 
 
 def _docker_check() -> Check:

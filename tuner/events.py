@@ -25,6 +25,13 @@ class IdleMeasuring:
 
 
 @dataclass(frozen=True)
+class EngineStarted:
+    """The load engine that drives this measurement (builtin or perf_analyzer)."""
+
+    engine: str
+
+
+@dataclass(frozen=True)
 class WarmingUp:
     """Requests run unmeasured for this long before the first window."""
 
@@ -110,7 +117,7 @@ class ImagePulling:
     total_bytes: int = 0
 
 
-Event = (ModelLoading | IdleMeasuring | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
+Event = (ModelLoading | IdleMeasuring | EngineStarted | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
          | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling)
 Progress = Callable[[Event], None]
 

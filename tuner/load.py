@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
@@ -27,6 +28,8 @@ class LoadSpec:
     request_rate_per_s: float | None = None
     request_timeout_s: float = 30.0
     max_outstanding: int = 512
+    engine: str = "builtin"  # the load engine (tuner/engines): builtin or perf_analyzer
+    perf_analyzer: Path | None = None  # --perf-analyzer PATH (else found on PATH or in the cache)
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.request_rate_per_s is None):
@@ -37,12 +40,14 @@ class LoadSpec:
             raise BadInput(f"--request-rate: expected a positive number of requests per second, got {self.request_rate_per_s}")
         if not self.request_timeout_s > 0:
             raise BadInput(f"--request-timeout: expected positive seconds, got {self.request_timeout_s}")
+        if self.engine not in ("builtin", "perf_analyzer"):
+            raise BadInput(f"--load-generator {self.engine}: expected builtin or perf_analyzer (auto is resolved first)")
 
     def describe(self) -> dict[str, object]:
         """JSON-able description for results and reports."""
         if self.concurrency is not None:
-            return {"mode": "concurrency", "concurrency": self.concurrency}
-        return {"mode": "request_rate", "request_rate_per_s": self.request_rate_per_s}
+            return {"mode": "concurrency", "concurrency": self.concurrency, "engine": self.engine}
+        return {"mode": "request_rate", "request_rate_per_s": self.request_rate_per_s, "engine": self.engine}
 
 
 @dataclass

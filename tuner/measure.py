@@ -11,15 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from tuner.engines import RequestRecords, bin_window, run_engine
 from tuner.errors import BadInput, LoadGenerationError, ServerDied
-from tuner.events import ConcurrencyProbed, ModelLoading, Progress, WarmingUp, WindowMeasured, emit
+from tuner.events import ConcurrencyProbed, EngineStarted, ModelLoading, Progress, WarmingUp, WindowMeasured, emit
 from tuner.inputs import Sample, input_specs, load_input_data, synthetic_samples
-from tuner.load import LoadGenerator, LoadSpec, WindowStats, is_stable
+from tuner.load import LoadSpec, WindowStats, is_stable
 from tuner.meters.base import SOURCE_UNAVAILABLE, Meter, Reading
 from tuner.model_config import ModelConfig, apply_trial
 from tuner.results import Measurement, Spread, TrialConfig, Window
 from tuner.server import control
 from tuner.server.base import Server
+from tuner.server.metrics import inference_count
+
+COUNT_TOLERANCE = 0.02  # a window whose count differs from Triton's by more is flagged
+STUB_EXIT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,10 @@ def load_trial(ctx: MeasureContext, trial: TrialConfig) -> list[Sample]:
     """Load the trial's config into the server and return request inputs for it."""
     config = apply_trial(ctx.base, trial)
     emit(ctx.progress, ModelLoading(trial.describe()))
+    previous = control.backend_stub_pids(ctx.server, ctx.model)
     control.load_config(ctx.server, ctx.model, config)
+    # The previous config's instances exit after load returns; their memory must not count as this config's.
+    control.wait_for_previous_instances(ctx.server, ctx.model, previous, STUB_EXIT_TIMEOUT_S)
     return ctx.inputs.samples(ctx.server, ctx.model)
 
 
@@ -148,7 +156,8 @@ def measure_auto_concurrency(
         chosen, best_throughput = concurrency, stats.throughput_per_s
         concurrency *= 2
     measurement = asyncio.run(_measure(ctx, trial, _closed_loop(load, chosen), samples))
-    return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms})
+    return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms,
+                                      "engine": load.engine})
 
 
 def _closed_loop(load: LoadSpec, concurrency: int) -> LoadSpec:
@@ -157,37 +166,88 @@ def _closed_loop(load: LoadSpec, concurrency: int) -> LoadSpec:
 
 async def _probe(ctx: MeasureContext, samples: list[Sample], load: LoadSpec) -> WindowStats:
     server, model, settings = ctx.server, ctx.model, ctx.settings
-    async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
-        await generator.window(min(settings.warmup_s, 0.5))
-        return await generator.window(settings.window_s or 2.0)
+    with run_engine(server.grpc_url, model, samples, load) as engine:
+        await asyncio.sleep(min(settings.warmup_s, 0.5))
+        start_ns = time.time_ns()
+        await asyncio.sleep(settings.window_s or 2.0)
+        end_ns = time.time_ns()
+        records = RequestRecords.merge([engine.drain(), engine.stop()])
+    return bin_window(records, start_ns, end_ns)
 
 
 async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
+    """Warm-up, then wall-clock windows under the meters; requests are binned into them by completion time."""
     server, model, meters, settings, progress = ctx.server, ctx.model, ctx.meters, ctx.settings, ctx.progress
     windows: list[tuple[WindowStats, list[Reading]]] = []
-    async with LoadGenerator(server.grpc_url, model, samples, load) as generator:
+    spans: list[tuple[int, int]] = []
+    triton_counts: list[float | None] = []
+    parts: list[RequestRecords] = []
+    with run_engine(server.grpc_url, model, samples, load) as engine:
+        emit(progress, EngineStarted(engine.name))
         if settings.warmup_s > 0:
             emit(progress, WarmingUp(settings.warmup_s))
-            await generator.window(settings.warmup_s)
+            await asyncio.sleep(settings.warmup_s)
+            engine.drain()
             _check_alive(server)
         window_s = settings.window_for(meters)
         for index in range(settings.max_windows):
             for meter in meters:
                 meter.begin()
             try:
-                stats = await generator.window(window_s)
+                # The window's stamps sit at the middle of Triton's count reads, inside the meters' span.
+                start_ns, count_before = _stamped_count(server, model)
+                await asyncio.sleep(window_s)
+                end_ns, count_after = _stamped_count(server, model)
             finally:
                 readings = [meter.end() for meter in meters]
             _check_alive(server)
+            parts.append(engine.drain())
+            spans.append((start_ns, end_ns))
+            triton = count_after - count_before if count_before is not None and count_after is not None else None
+            triton_counts.append(triton)
+            if engine.live:  # records of this window may sit in this drain and the one before
+                stats = bin_window(RequestRecords.merge(parts[-2:]), start_ns, end_ns)
+            else:  # records come at the end: Triton's count meanwhile (p99 unknown until then)
+                stats = WindowStats(duration_s=(end_ns - start_ns) / 1e9)
             windows.append((stats, readings))
-            emit(progress, WindowMeasured(index + 1, settings.max_windows, stats.throughput_per_s,
-                                          stats.percentile_ms(99)))
-            if is_stable([w.throughput_per_s for w, _ in windows], [w.percentile_ms(99) for w, _ in windows],
-                         settings.stability_tolerance, settings.stable_windows):
+            throughput = stats.throughput_per_s if engine.live else (triton or 0.0) / stats.duration_s
+            emit(progress, WindowMeasured(index + 1, settings.max_windows, throughput, stats.percentile_ms(99)))
+            throughputs = [w.throughput_per_s for w, _ in windows] if engine.live else [
+                (c or 0.0) / w.duration_s for c, (w, _) in zip(triton_counts, windows, strict=True)]
+            p99s = [w.percentile_ms(99) for w, _ in windows] if engine.live else [1.0] * len(windows)
+            if is_stable(throughputs, p99s, settings.stability_tolerance, settings.stable_windows):
                 break
+        parts.append(engine.stop())
     for meter in meters:
         meter.close()
-    return summarize(trial, load, windows, settings, ctx.idle_power_w)
+    records = RequestRecords.merge(parts)
+    windows = [(bin_window(records, start, end), readings) for (start, end), (_, readings) in zip(spans, windows,
+                                                                                                  strict=True)]
+    measurement = summarize(trial, load, windows, settings, ctx.idle_power_w)
+    used = len(measurement.windows)
+    checks = count_warnings([w for w, _ in windows][-used:], triton_counts[-used:], engine.name)
+    return replace(measurement, warnings=measurement.warnings + tuple(checks))
+
+
+def _stamped_count(server: Server, model: str) -> tuple[int, float | None]:
+    """Triton's inference count of the model and the wall-clock ns (time.time_ns()) it stands for."""
+    before = time.time_ns()
+    count = inference_count(server.metrics_url, model)
+    return (before + time.time_ns()) // 2, count
+
+
+def count_warnings(windows: list[WindowStats], triton_counts: list[float | None], engine: str) -> list[str]:
+    """A warning per window whose successful requests differ from Triton's nv_inference_count by more than 2%."""
+    warnings = []
+    for index, (stats, triton) in enumerate(zip(windows, triton_counts, strict=True)):
+        if triton is None:
+            continue
+        counted = stats.success_count
+        if abs(counted - triton) > COUNT_TOLERANCE * max(counted, triton, 1):
+            warnings.append(f"window {index + 1}: {engine} counted {counted} inferences, Triton's nv_inference_count "
+                            f"{triton:.0f} ({abs(counted - triton) / max(counted, triton):.1%} apart, over "
+                            f"{COUNT_TOLERANCE:.0%})")
+    return warnings
 
 
 def _check_alive(server: Server) -> None:

@@ -18,7 +18,7 @@ from tuner.server.process import reap_leftover
 pytestmark = pytest.mark.integration
 
 # Short windows keep the suite quick; stability still needs 3 agreeing windows.
-FAST_FLAGS = ["--warmup", "0.5", "--window", "1", "--max-windows", "6", "--stability", "0.25"]
+FAST_FLAGS = ["--warmup", "0.5", "--window", "1", "--max-windows", "6", "--stability", "0.25", "--load-generator", "builtin"]
 
 
 @pytest.fixture(scope="session")

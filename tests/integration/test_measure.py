@@ -126,6 +126,6 @@ def test_open_loop_at_a_fixed_rate_with_real_inputs(tmp_path, server):
                       "--input-data", str(data), "--idle-seconds", "0", *FAST_FLAGS, "-o", str(tmp_path / "out")])
     assert result.returncode == 0, result.stderr[-2000:]
     m = json.loads((tmp_path / "out" / "measurement.json").read_text())["measurement"]
-    assert m["load"] == {"mode": "request_rate", "request_rate_per_s": 150.0}
+    assert m["load"] == {"mode": "request_rate", "request_rate_per_s": 150.0, "engine": "builtin"}
     assert m["throughput_per_s"]["mean"] == pytest.approx(150, rel=0.15)  # the server keeps up with the offered rate
     assert "150 req/s open loop" in result.stdout

@@ -38,7 +38,7 @@ def test_six_trial_search_emits_a_config_triton_loads(tmp_path, server):
     assert summary["trial_count"] == 6 and summary["baseline"]["trial"] == 0
     assert summary["baseline"]["config"]["max_batch_size"] == 32  # the model's own config seeds the study
     assert summary["best"]["measurement"]["energy_source"] == "estimated"
-    assert summary["load"] == {"mode": "concurrency", "concurrency": 4}
+    assert summary["load"] == {"mode": "concurrency", "concurrency": 4, "engine": "builtin"}
     assert summary["constraints"]["max_p99_ms"] == 200
     assert summary["savings_vs_baseline"]["energy_per_inference_j_baseline"] > 0
     assert summary["pareto_front"] and summary["environment"]["triton_server"] != "unknown"
@@ -185,7 +185,7 @@ def test_concurrency_auto_drives_each_config_to_its_latency_limit(tmp_path):
                       "--max-p99-ms", "15", "--trials", "2", "--idle-seconds", "0.5", *FAST_FLAGS, "-o", str(tmp_path)])
     assert result.returncode in (0, 3), result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["load"] == {"mode": "auto", "max_p99_ms": 15.0}
+    assert summary["load"] == {"mode": "auto", "max_p99_ms": 15.0, "engine": "builtin"}
     trials = pd.read_csv(tmp_path / "trials.csv")
     assert (trials["concurrency"] >= 1).all() and trials["concurrency"].max() > 1
     assert "concurrency auto (p99 <= 15.0 ms)" in result.stdout

@@ -93,7 +93,7 @@ def make_bench(launcher, tmp_path, load: LoadPolicy, progress=None) -> Bench:
 
 
 def test_request_timeout_reaches_every_request_under_concurrency_auto(launcher, tmp_path):
-    with make_bench(launcher, tmp_path, LoadPolicy.auto(1000.0, TIMEOUT_S)) as bench:
+    with make_bench(launcher, tmp_path, LoadPolicy.auto(1000.0, LoadSpec(concurrency=1, request_timeout_s=TIMEOUT_S))) as bench:
         result = bench.measure(TrialConfig(instance_count=2), 1)
         again = bench.remeasure(result)
     assert not result.failed and not again.failed, result.failure_reason
@@ -103,7 +103,7 @@ def test_request_timeout_reaches_every_request_under_concurrency_auto(launcher, 
 
 
 def test_request_timeout_reaches_every_request_of_a_search_with_repeats(launcher, tmp_path):
-    for load in (LoadPolicy.auto(1000.0, TIMEOUT_S), LoadPolicy(LoadSpec(concurrency=2, request_timeout_s=TIMEOUT_S))):
+    for load in (LoadPolicy.auto(1000.0, LoadSpec(concurrency=1, request_timeout_s=TIMEOUT_S)), LoadPolicy(LoadSpec(concurrency=2, request_timeout_s=TIMEOUT_S))):
         out = tmp_path / load.describe()["mode"]
         space = parse_space(yaml.safe_load("knobs:\n  instance_count: {type: int, low: 1, high: 3}\n"), "s.yaml")
         job = SearchJob(MODEL_REPOSITORY, "mlp", BASE, space, Constraints(), load, InputSource({}), QUICK, out)

@@ -82,4 +82,4 @@ def test_load_spec_validation():
     with pytest.raises(BadInput, match="--concurrency: expected 1 to 4096"):
         LoadSpec(concurrency=0)
     assert LoadSpec(concurrency=None, request_rate_per_s=5).describe() == {"mode": "request_rate",
-                                                                          "request_rate_per_s": 5}
+                                                                          "request_rate_per_s": 5, "engine": "builtin"}

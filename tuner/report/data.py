@@ -215,7 +215,13 @@ def _pct(value: float, reference: float) -> str:
 
 
 def load_words(load: dict[str, Any]) -> str:
-    """How the load was applied, in words."""
+    """How the load was applied, in words (and which engine sent the requests)."""
+    engine = load.get("engine")
+    words = _mode_words(load)
+    return f"{words}, driven by {engine}" if engine else words
+
+
+def _mode_words(load: dict[str, Any]) -> str:
     mode = load.get("mode")
     if mode == "concurrency":
         return f"closed loop, {load.get('concurrency')} requests in flight"

@@ -75,3 +75,48 @@ def smoke_infer(server: Server, model: str, sample: dict[str, Any]) -> None:
         raise ServerError(f"smoke inference on {model} failed: {exc.message()}") from None
     finally:
         client.close()
+
+
+def backend_stub_pids(server: Server, model: str) -> set[int]:
+    """Pids of the model's Python-backend stubs (one per instance, named MODEL_GROUP_INDEX); empty where not visible."""
+    import re
+
+    import psutil
+
+    probe = server.probe
+    if probe is None or not getattr(probe, "pids_visible", False) or server.pid is None:
+        return set()
+    instance = re.compile(rf"{re.escape(model)}_\d+_\d+")
+    found = set()
+    for pid in set(probe.pids()) - {server.pid}:
+        try:
+            args = psutil.Process(pid).cmdline()
+        except psutil.Error:
+            continue
+        if any(instance.fullmatch(arg) for arg in args[-3:]):
+            found.add(pid)
+    return found
+
+
+def wait_for_previous_instances(server: Server, model: str, previous: set[int], timeout_s: float = 30.0) -> set[int]:
+    """After a load: wait until the previous config's stubs of the model have exited; returns those still alive.
+
+    Returns at once when the load started no new stubs (Triton kept the instances of an unchanged config).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = {pid for pid in previous if _running(pid)}
+        if not alive or backend_stub_pids(server, model) <= previous or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -1,0 +1,124 @@
+"""Find perf_analyzer: --perf-analyzer PATH, else on PATH, else the copy fetched from the tritonclient wheel."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuner.errors import BadInput, GreentuneError
+from tuner.fileio import atomic_path
+from tuner.server.embedded import cache_dir, embedded_triton
+
+TRITONCLIENT_VERSION = "2.51.0"  # the same release as the embedded server (Triton 2.51)
+WHEEL_GLOB = f"tritonclient-{TRITONCLIENT_VERSION}-*.whl"
+MEMBER = f"tritonclient-{TRITONCLIENT_VERSION}.data/data/bin/perf_analyzer"
+# perf_analyzer links these by soname; the embedded server's libs hold them under hashed names.
+NEEDED_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
+
+
+class PerfAnalyzerUnavailable(GreentuneError):
+    """perf_analyzer is neither given, on PATH, nor fetched."""
+
+
+@dataclass(frozen=True)
+class PerfAnalyzer:
+    """A perf_analyzer binary and the environment additions it needs."""
+
+    binary: Path
+    env: dict[str, str] = field(default_factory=dict)
+    source: str = "PATH"
+
+
+def perf_analyzer_home() -> Path:
+    """Where the fetched copy lives: CACHE/perf_analyzer-2.51.0/{bin,lib}."""
+    return cache_dir() / f"perf_analyzer-{TRITONCLIENT_VERSION}"
+
+
+def find_perf_analyzer(explicit: Path | None = None, allow_fetch: bool = False) -> PerfAnalyzer:
+    """--perf-analyzer PATH, else perf_analyzer on PATH, else the cached copy (fetched when allow_fetch)."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise BadInput(f"--perf-analyzer {path}: not an executable file")
+        return PerfAnalyzer(binary=path, source="--perf-analyzer")
+    on_path = shutil.which("perf_analyzer")
+    if on_path:
+        return PerfAnalyzer(binary=Path(on_path), source="PATH")
+    return cached_perf_analyzer(allow_fetch=allow_fetch)
+
+
+def cached_perf_analyzer(allow_fetch: bool = False) -> PerfAnalyzer:
+    """The copy from the tritonclient wheel, with its two libraries linked from the embedded server's libs."""
+    home = perf_analyzer_home()
+    binary = home / "bin" / "perf_analyzer"
+    if not binary.exists():
+        if not allow_fetch:
+            raise PerfAnalyzerUnavailable(
+                f"perf_analyzer not found: give --perf-analyzer PATH, put it on PATH, or run `greentune doctor --fetch` "
+                f"(takes it from tritonclient=={TRITONCLIENT_VERSION})")
+        _extract_binary(_download_wheel(), binary)
+    lib = home / "lib"
+    _link_libraries(lib)
+    return PerfAnalyzer(binary=binary, env={"LD_LIBRARY_PATH": os.pathsep.join(
+        [str(lib), os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)},
+        source=f"tritonclient {TRITONCLIENT_VERSION} wheel (cached)")
+
+
+def _download_wheel() -> Path:
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob(WHEEL_GLOB)) if wheels.exists() else []
+    if found:
+        return found[-1]
+    wheels.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(wheels),
+           f"tritonclient=={TRITONCLIENT_VERSION}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(wheels.glob(WHEEL_GLOB))
+    if proc.returncode != 0 or not found:
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise PerfAnalyzerUnavailable(
+            f"could not download tritonclient=={TRITONCLIENT_VERSION} for perf_analyzer: {last[0]}; "
+            f"give --perf-analyzer PATH instead")
+    return found[-1]
+
+
+def _extract_binary(wheel: Path, binary: Path) -> None:
+    """Only the perf_analyzer member, written atomically and made executable."""
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as archive:
+        try:
+            info = archive.getinfo(MEMBER)
+        except KeyError:
+            raise PerfAnalyzerUnavailable(f"{wheel}: has no {MEMBER}") from None
+        with atomic_path(binary) as tmp:
+            with archive.open(info) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            Path(tmp).chmod(0o755)
+
+
+def _link_libraries(lib: Path) -> None:
+    """Symlink libb64.so.0d and libcudart.so.12 from the embedded server's nvidia_pytriton.libs (once)."""
+    if all((lib / name).exists() for name in NEEDED_LIBS):
+        return
+    try:
+        triton = embedded_triton(allow_fetch=False)
+    except GreentuneError as exc:
+        raise PerfAnalyzerUnavailable(f"perf_analyzer needs the embedded server's libraries: {exc}") from None
+    source = triton.binary.parents[3] / "nvidia_pytriton.libs"
+    lib.mkdir(parents=True, exist_ok=True)
+    for name, pattern in NEEDED_LIBS.items():
+        found = sorted(source.glob(pattern))
+        if not found:
+            raise PerfAnalyzerUnavailable(f"{source}: no {pattern} for perf_analyzer's {name}")
+        link = lib / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        tmp = lib / f".{name}.tmp{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(found[-1])
+        tmp.rename(link)
