@@ -331,13 +331,11 @@ def build_load(concurrency: str | None, request_rate: float | None, request_time
 
 
 def load_engine(flags: dict[str, Any]) -> str:
-    """--load-generator resolved (auto: perf_analyzer where found, else builtin), announced on stderr."""
+    """--load-generator resolved (auto: perf_analyzer where found, else builtin); the choice is recorded in every
+    measurement's load and printed with the results (not here, so a bad flag stays one line)."""
     from tuner.engines import resolve_engine
 
-    engine = resolve_engine(flags["load_generator"], flags["perf_analyzer"])
-    how = " (auto)" if flags["load_generator"] == "auto" else ""
-    console.print(f"load generator: {engine}{how}", highlight=False)
-    return engine
+    return resolve_engine(flags["load_generator"], flags["perf_analyzer"])
 
 
 @cli.command()
@@ -426,9 +424,9 @@ def status_text(event: Event) -> str:
 
 
 def _load_text(described: dict[str, Any]) -> str:
-    if described["mode"] == "auto":
-        return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms)"
     engine = f" ({described['engine']})" if described.get("engine") else ""
+    if described["mode"] == "auto":
+        return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms){engine}"
     if described["mode"] == "concurrency":
         return f"concurrency {described['concurrency']}{engine}"
     return f"{described['request_rate_per_s']:g} req/s open loop{engine}"
