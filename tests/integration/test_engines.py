@@ -34,13 +34,14 @@ def _perf_analyzer_or_skip(engine: str) -> None:
 
 
 def _no_load_processes_left() -> list[str]:
-    """perf_analyzer or built-in load workers still running under this test process (the server is not one)."""
+    """perf_analyzer or built-in load workers (spawned) still running under this test (not the server or the
+    multiprocessing resource tracker, which lives as long as the test process)."""
     me = psutil.Process()
     left = []
     for proc in me.children(recursive=True):
         try:
             cmd = " ".join(proc.cmdline())
-            if proc.status() != psutil.STATUS_ZOMBIE and ("perf_analyzer" in cmd or "multiprocessing" in cmd):
+            if proc.status() != psutil.STATUS_ZOMBIE and ("perf_analyzer" in cmd or "spawn_main" in cmd):
                 left.append(cmd[:120])
         except psutil.Error:
             continue
