@@ -368,8 +368,9 @@ def measure(**flags: Any) -> None:
     ensure_writable_dir(flags["output"])
     validate_trial(base, trial)
     settings = measure_settings(flags)
+    engine = load_engine(flags)
     load = build_load(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
-                      engine=load_engine(flags), perf_analyzer=flags["perf_analyzer"])
+                      engine=engine, perf_analyzer=flags["perf_analyzer"])
     inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
     meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
     with console.status("starting Triton…") as status:
@@ -381,7 +382,8 @@ def measure(**flags: Any) -> None:
     out.print(measurement_table(measurement, f"{flags['model']}: {trial.describe()} · {_load_text(load.describe())}"))
     if not measurement.stable:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
-    console.print(f"wrote {escape(str(path))}", highlight=False)
+    how = " (auto)" if flags["load_generator"] == "auto" else ""
+    console.print(f"load generator: {engine}{how}; wrote {escape(str(path))}", highlight=False)
 
 
 def event_text(event: Event) -> str:

@@ -11,7 +11,7 @@ from tests.conftest import MODEL_REPOSITORY
 from tests.integration.conftest import run_cli
 from tuner.engines.pa_install import find_perf_analyzer
 from tuner.load import LoadSpec
-from tuner.measure import InputSource, MeasureSettings, load_trial, measure_loaded, measure_trial
+from tuner.measure import InputSource, MeasureContext, MeasureSettings, load_trial, measure_loaded, measure_trial
 from tuner.meters.select import select_meters
 from tuner.model_config import load_model_config
 from tuner.results import TrialConfig
@@ -71,10 +71,10 @@ def test_window_counts_match_tritons_inference_count(server, engine):
     _perf_analyzer_or_skip(engine)
     base = load_model_config(MODEL_REPOSITORY, "mlp")
     trial = TrialConfig(instance_count=1)
-    samples = load_trial(server, "mlp", base, trial, InputSource({}))
+    ctx = MeasureContext(server, "mlp", base, InputSource({}), select_meters(server), FAST)
+    samples = load_trial(ctx, trial)
     before = inference_count(server.metrics_url, "mlp") or 0.0  # no line until the model served a request
-    m = measure_loaded(server, "mlp", trial, LoadSpec(concurrency=8, engine=engine), samples, select_meters(server),
-                       FAST)
+    m = measure_loaded(ctx, trial, LoadSpec(concurrency=8, engine=engine), samples)
     after = inference_count(server.metrics_url, "mlp")
     assert m.load["engine"] == engine and m.failure_count == 0
     assert not any("nv_inference_count" in w for w in m.warnings), m.warnings
@@ -92,8 +92,9 @@ def test_a_one_instance_trial_after_a_four_instance_one_reports_its_own_memory(s
     load = LoadSpec(concurrency=2, engine="builtin")
 
     def memory_of(instances: int) -> float:
-        m = measure_trial(server, "mlp", base, TrialConfig(instance_count=instances), load, InputSource({}), meters,
-                          MeasureSettings(warmup_s=0.2, window_s=0.6, max_windows=3, stability_tolerance=0.9))
+        settings = MeasureSettings(warmup_s=0.2, window_s=0.6, max_windows=3, stability_tolerance=0.9)
+        m = measure_trial(MeasureContext(server, "mlp", base, InputSource({}), meters, settings),
+                          TrialConfig(instance_count=instances), load)
         assert m.memory_mb is not None
         return m.memory_mb
 

@@ -130,3 +130,14 @@ def test_engine_choice_is_checked() -> None:
         resolve_engine("perf_analyzer", Path("/nonexistent"))
     with pytest.raises(BadInput, match="--load-generator"):
         LoadSpec(concurrency=4, engine="wrk")
+
+
+def test_parse_export_fails_requests_answered_after_the_request_timeout(tmp_path: Path) -> None:
+    # perf_analyzer 2.51 has no per-request timeout: --request-timeout is applied to its records instead.
+    path = tmp_path / "export.json"
+    path.write_text(_export([(T0, [T0 + 200_000_000]), (T0 + 10, [T0 + 2_000_000_010])]))
+    records = parse_export(path, request_timeout_s=0.3)
+    assert records.ok.tolist() == [True, False]
+    assert records.done_ns.tolist() == [T0 + 200_000_000, T0 + 10 + 300_000_000]  # failed at its deadline
+    assert any(e.startswith("Deadline Exceeded") for e in records.errors)
+    assert parse_export(path).ok.tolist() == [True, True]  # without a timeout both are answers

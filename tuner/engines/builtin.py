@@ -211,7 +211,7 @@ async def _work(conn: Connection, grpc_url: str, model: str, samples: list[Sampl
             ok = True
         except grpc.aio.AioRpcError as exc:
             ok = False
-            recorder.add_error(f"{exc.code().name}: {exc.details()}")
+            recorder.add_error(exc.details() or exc.code().name)  # Triton's own words, as the old client gave them
         done = time_ns()
         # The recorder's arrays are swapped on each drain: always append to the current ones.
         recorder.send.append(sent)

@@ -41,8 +41,14 @@ def export_dir() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
-def parse_export(path: Path) -> RequestRecords:
-    """Send and last-response times of every request in a perf_analyzer export; no response means failed."""
+def parse_export(path: Path, request_timeout_s: float | None = None) -> RequestRecords:
+    """Send and last-response times of every request in a perf_analyzer export; no response means failed.
+
+    perf_analyzer 2.51 has no per-request timeout, so --request-timeout is applied here: a request answered later
+    than that failed at its deadline ("Deadline Exceeded"), exactly as the built-in client would have recorded it.
+    """
+    timeout_ns = int(request_timeout_s * 1e9) if request_timeout_s is not None else None
+    errors: list[str] = []
     with open(path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             return RequestRecords()
@@ -54,14 +60,22 @@ def parse_export(path: Path) -> RequestRecords:
                 responses = match.group(2)
                 sent = int(match.group(1))
                 send.append(sent)
-                if responses:
-                    done.append(int(responses.rsplit(b",", 1)[-1]))
-                    ok.append(True)
-                else:
+                if not responses:
                     done.append(sent)
                     ok.append(False)
-    errors = ("perf_analyzer: request without a response",) if not all(ok) else ()
-    return RequestRecords(np.array(send, np.int64), np.array(done, np.int64), np.array(ok, np.bool_), errors)
+                    if "perf_analyzer: request without a response" not in errors:
+                        errors.append("perf_analyzer: request without a response")
+                    continue
+                last = int(responses.rsplit(b",", 1)[-1])
+                if timeout_ns is not None and last - sent > timeout_ns:
+                    done.append(sent + timeout_ns)
+                    ok.append(False)
+                    if not any(e.startswith("Deadline Exceeded") for e in errors):
+                        errors.append(f"Deadline Exceeded (answered after --request-timeout {request_timeout_s:g} s)")
+                    continue
+                done.append(last)
+                ok.append(True)
+    return RequestRecords(np.array(send, np.int64), np.array(done, np.int64), np.array(ok, np.bool_), tuple(errors))
 
 
 def input_data_document(samples: list[Sample], batching: bool) -> dict[str, object]:
@@ -90,6 +104,7 @@ class PerfAnalyzerEngine:
         self._export = self._dir / "export.json"
         self._log = self._dir / "perf_analyzer.log"
         self._stopped = False
+        self._request_timeout_s = load.request_timeout_s
         batching = _max_batch_size(grpc_url, model) > 0
         inputs = self._dir / "inputs.json"
         inputs.write_text(json.dumps(input_data_document(samples, batching)))
@@ -145,7 +160,7 @@ class PerfAnalyzerEngine:
             if self._proc.returncode != 0 or not self._export.exists():
                 raise LoadGenerationError(f"perf_analyzer exited with code {self._proc.returncode} and "
                                           f"{'no' if not self._export.exists() else 'an'} export: {self._tail()}")
-            return parse_export(self._export)
+            return parse_export(self._export, self._request_timeout_s)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 

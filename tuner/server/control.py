@@ -40,6 +40,17 @@ def load_config(server: Server, model: str, config: ModelConfig, timeout_s: floa
         client.close()
 
 
+def unload(server: Server, model: str) -> None:
+    """Unload the model (with the per-run control key), ignoring a model that is not loaded."""
+    client = _client(server)
+    try:
+        client.unload_model(model, headers=_control_headers(server))
+    except InferenceServerException:
+        pass
+    finally:
+        client.close()
+
+
 def model_metadata(server: Server, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The loaded model's metadata and config as dicts (inputs with dtype and shape, max_batch_size)."""
     client = _client(server)
