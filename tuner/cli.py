@@ -389,31 +389,49 @@ def _load_text(described: dict[str, Any]) -> str:
     return f"{described['request_rate_per_s']:g} req/s open loop"
 
 
+def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags shared by search and worker: the space, constraints, budgets, sampler, study and outputs."""
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--space", "space_name", default="default", show_default=True,
+                      help="Search space: a YAML file, or default, cpu or gpu from search_spaces/."),
+        click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s."),
+        click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms."),
+        click.option("--max-memory-mb", type=float, default=None,
+                      help="Constraint: server memory at most this many MB (GPU memory where measured, else server RSS)."),
+        click.option("--trials", "-n", type=int, default=12, show_default=True, help="Configs to measure (baseline included)."),
+        click.option("--timeout", default=None, help="Stop starting trials after this long, e.g. 30m, 1h, 90s."),
+        click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement."),
+        click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
+                      help="Optuna sampler (gp needs: pip install 'greentune[gp]')."),
+        click.option("--objective", type=click.Choice(["efficiency", "throughput"]), default="efficiency",
+                      show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
+                                              "the export is this objective's pick, the outputs show both picks."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+        click.option("--storage", default=None, metavar="URL",
+                      help="Optuna storage: sqlite:///, postgresql://, mysql:// or journal:///path/file (default: "
+                           "OUTPUT/study.db)."),
+        click.option("--study", default=None, metavar="NAME",
+                      help="A shared study many workers contribute to (with --storage); created by the first to open it."),
+        click.option("--heartbeat-interval", type=int, default=10, show_default=True,
+                      help="Shared study: seconds between a worker's heartbeats."),
+        click.option("--grace-period", type=int, default=30, show_default=True,
+                      help="Shared study: seconds without a heartbeat after which a worker's trial is failed and retried."),
+        impact_options,
+        click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
+                      help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @server_options
 @load_options
-@click.option("--space", "space_name", default="default", show_default=True,
-              help="Search space: a YAML file, or default, cpu or gpu from search_spaces/.")
-@click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s.")
-@click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms.")
-@click.option("--max-memory-mb", type=float, default=None,
-              help="Constraint: server memory at most this many MB (GPU memory where measured, else server RSS).")
-@click.option("--trials", "-n", type=int, default=12, show_default=True, help="Configs to measure (baseline included).")
-@click.option("--timeout", default=None, help="Stop starting trials after this long, e.g. 30m, 1h, 90s.")
-@click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement.")
-@click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
-              help="Optuna sampler (gp needs: pip install 'greentune[gp]').")
-@click.option("--objective", type=click.Choice(["efficiency", "throughput"]), default="efficiency",
-              show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
-                                      "the export is this objective's pick, the outputs show both picks.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
-@click.option("--storage", default=None, help="Optuna storage URL for a shared study (default: OUTPUT/study.db).")
+@search_options
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Re-measure the top 3 configs until each has N measurements, then choose by their pooled mean.")
-@impact_options
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
-              help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
 @handle_errors
 def search(**flags: Any) -> None:
     """Search serving configs for the most inferences per joule (or, with --objective throughput, the most
@@ -472,6 +490,7 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
     from tuner.space import builtin_space_path, load_space
+    from tuner.storage import Heartbeat
     from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
@@ -490,7 +509,9 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     measure = measure_settings(flags)
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
-                              storage=flags["storage"], resume=flags["resume"], repeats=flags["repeats"])
+                              storage=flags["storage"], resume=flags.get("resume", False),
+                              repeats=flags.get("repeats", 1), study=flags["study"],
+                              heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]))
     from tuner.results import ensure_writable_dir
 
     ensure_writable_dir(flags["output"])
@@ -501,6 +522,54 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                     cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]),
                     objective=flags["objective"], impact=impact)
     return job, settings
+
+
+@cli.command()
+@server_options
+@load_options
+@search_options
+@handle_errors
+def worker(**flags: Any) -> None:
+    """Join a shared study and measure its configs on this machine's server until the study's budget is spent.
+
+    Start as many workers as you have GPUs or machines, all with the same flags; the first creates the study (its
+    --trials is the budget of all workers together), the others join it. A worker whose settings (model, space,
+    load, constraints, meter, objective) differ from the study's is refused (exit 2). A worker that dies stops
+    beating; after --grace-period its trial is measured again by another worker. Writes OUTPUT/summary.json,
+    trials.csv and the reports over every worker's trials; no config is exported (use greentune export).
+
+    \b
+    Example:
+      greentune worker -r model_repository -m mlp --storage postgresql://USER@db/greentune --study mlp-h100 \\
+        --trials 40 -o out-$(hostname)/
+    """
+    from tuner.search_run import run_worker_command
+
+    if not flags["study"] or not flags["storage"]:
+        from tuner.errors import BadInput
+
+        raise BadInput("worker needs --storage URL and --study NAME (the shared study to join)")
+    job, settings = _search_job(flags)
+    launcher = build_launcher(flags)
+
+    def progress(event: Event) -> None:
+        from tuner import events
+
+        if isinstance(event, events.TrialFinished):
+            console.print(trial_line(event.result), highlight=False)
+        elif isinstance(event, events.TrialStarted):
+            console.print(f"trial {event.number:>3} started  {event.config}", highlight=False)
+        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
+            console.print(f"[yellow]{event_text(event)}[/]")
+
+    outcome, measured_here = run_worker_command(job, settings, launcher, progress)
+    from tuner import paths
+    from tuner.storage import mask_url
+
+    html, markdown, _ = paths.report_paths(job.output)
+    out.print(f"stopped: {outcome.stop_reason}; this worker measured {len(measured_here)} of the "
+              f"{len(outcome.results)} configs in study {settings.study} ({mask_url(outcome.storage_url)}); "
+              f"wrote {paths.summary_path(job.output)}, {html}, {markdown}", highlight=False)
 
 
 @cli.command()

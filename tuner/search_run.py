@@ -25,3 +25,16 @@ def run_search_command(job: SearchJob, settings: SearchSettings, launcher: Serve
     write_outputs(job, outcome, exported)
     write_reports(str(job.output))
     return outcome, exported
+
+
+def run_worker_command(job: SearchJob, settings: SearchSettings, launcher: ServerLauncher,
+                       progress: Progress | None = None) -> tuple[SearchOutcome, list[int]]:
+    """One worker of a shared study: measure until the study's budget is spent, then write the outputs and reports
+    over every worker's trials. Returns the outcome and the trial numbers this worker measured."""
+    search = Search(job, settings, progress, on_result=lambda outcome: write_outputs(job, outcome))
+    search.open()  # a bad --storage or a worker whose settings differ is refused before any server starts
+    with job.bench(launcher, progress) as bench:
+        outcome = search.run(bench)
+    write_outputs(job, outcome)
+    write_reports(str(job.output))
+    return outcome, search.measured_here

@@ -1,0 +1,151 @@
+"""Shared studies: many workers on one Optuna study (journal file and SQLite RDB with heartbeats), fake benches."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.unit.test_search_loop import FakeBench, make_job
+from tuner.errors import BadInput
+from tuner.storage import HEARTBEAT_ATTR, Heartbeat, journal_path, mask_url, open_storage
+from tuner.study import BUDGET_ATTR, EFFECTIVE_KEY_ATTR, Search, SearchSettings, fail_stale, open_study_storage
+
+FAST = Heartbeat(interval_s=1, grace_s=2)
+
+
+def storages(tmp_path) -> list[str]:
+    return [f"journal://{tmp_path / 'study.journal'}", f"sqlite:///{tmp_path / 'shared.db'}"]
+
+
+class SlowBench(FakeBench):
+    """A fake bench that takes a little wall time, so two workers overlap."""
+
+    def measure(self, config, number):
+        time.sleep(0.05)
+        return super().measure(config, number)
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_the_budget_and_never_measure_a_config_twice(tmp_path, kind):
+    url = storages(tmp_path)[0 if kind == "journal" else 1]
+    settings = SearchSettings(trials=8, storage=url, study="shared", heartbeat=FAST, poll_s=0.05)
+    benches = [SlowBench(), SlowBench()]
+    searches = [Search(make_job(tmp_path / f"w{i}"), settings) for i in range(2)]
+    outcomes: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            outcomes[i] = searches[i].run(benches[i])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    measured = [c.key() for b in benches for _, c in b.calls]
+    assert len(measured) == len(set(measured)) == 8  # the budget is the study's, not each worker's
+    assert all(b.calls for b in benches)  # both contributed
+    study = optuna.load_study(study_name="shared", storage=open_storage(url))
+    assert study.user_attrs[BUDGET_ATTR] == 8
+    assert [o.stop_reason for o in outcomes.values()] == ["study budget reached (8 configs measured by all workers)"] * 2
+    for i in range(2):  # each worker's outputs cover every worker's trials
+        records = sorted((tmp_path / f"w{i}" / "trials").glob("trial-*.json"))
+        assert len(records) == 8
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_a_worker_with_other_settings_is_refused(tmp_path):
+    url = storages(tmp_path)[0]
+    open_study_storage(make_job(tmp_path / "a"), SearchSettings(trials=4, storage=url, study="s"))
+    other = make_job(tmp_path / "b", space="knobs:\n  instance_count: {type: int, low: 1, high: 2}\n")
+    with pytest.raises(BadInput, match=r"^--study s: this worker's space differ"):
+        open_study_storage(other, SearchSettings(trials=4, storage=url, study="s"))
+
+
+def test_only_stale_trials_are_failed_and_queued_again_journal(tmp_path):
+    url = storages(tmp_path)[0]
+    study, _, storage = open_study_storage(make_job(tmp_path), SearchSettings(storage=url, study="s", heartbeat=FAST))
+    alive, dead = study.ask(), study.ask()
+    for trial in (alive, dead):
+        trial.suggest_int("instance_count", 1, 4)
+    now = time.time()
+    alive.set_user_attr(HEARTBEAT_ATTR, now - 1)  # beat a second ago: its worker is measuring
+    dead.set_user_attr(HEARTBEAT_ATTR, now - 10)  # silent for 10 s > grace 2 s: its worker died
+    assert fail_stale(study, storage, FAST, now=now) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [dead.params]
+
+
+def test_only_stale_trials_are_failed_and_retried_rdb_heartbeat(tmp_path):
+    url = storages(tmp_path)[1]
+    study, _, storage = open_study_storage(make_job(tmp_path), SearchSettings(storage=url, study="s", heartbeat=FAST))
+    assert isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() == 1
+    alive, dead = study.ask(), study.ask()
+    for trial in (alive, dead):
+        trial.suggest_int("instance_count", 1, 4)
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(3.5)  # SQLite keeps heartbeats to the second
+    storage.record_heartbeat(alive._trial_id)
+    assert fail_stale(study, storage, FAST) == 1
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
+    retried = study.get_trials(states=(TrialState.WAITING,))  # RetryHeartbeatStaleTrialCallback queued it
+    assert len(retried) == 1 and retried[0].params == dead.params
+
+
+def test_killed_worker_trial_is_retried_by_the_other(tmp_path):
+    """A trial left RUNNING with a stale beat (its worker was killed) is measured by the next worker."""
+    url = storages(tmp_path)[0]
+    settings = SearchSettings(trials=3, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
+    study, _, _ = open_study_storage(make_job(tmp_path / "dead"), settings)
+    orphan = study.ask({"instance_count": optuna.distributions.IntDistribution(1, 4)})
+    orphan.set_user_attr(HEARTBEAT_ATTR, time.time() - 60)
+    bench = FakeBench()
+    outcome = Search(make_job(tmp_path / "live"), settings).run(bench)
+    assert study.get_trials()[orphan.number].state == TrialState.FAIL
+    measured = [c.instance_count for _, c in bench.calls]
+    assert orphan.params["instance_count"] in measured and len(outcome.results) == 3
+
+
+def test_a_config_another_worker_is_measuring_is_waited_for_not_measured(tmp_path):
+    url = storages(tmp_path)[0]
+    settings = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
+    search = Search(make_job(tmp_path), settings)
+    study, _ = search.open()
+    twin = study.ask()
+    key = search._key(search.job.space.for_model(True).sample(twin))
+    twin.set_user_attr(EFFECTIVE_KEY_ATTR, key)
+    twin.set_user_attr(HEARTBEAT_ATTR, time.time() + 3600)  # alive for the test's duration
+    later = study.ask()
+    assert search._measured_by_any(study, twin.number, key) is None  # the earliest measures
+    finisher = threading.Timer(0.3, lambda: study.tell(twin, 1.0) or None)
+    finisher.start()
+    started = time.monotonic()
+    assert search._measured_by_any(study, later.number, key) is None  # twin finished without a result record
+    assert time.monotonic() - started >= 0.25  # ...and the later trial waited for it instead of measuring at once
+    finisher.join()
+
+
+def test_storage_urls_and_masking(tmp_path):
+    assert mask_url("postgresql://greentune:s3cret@db:5432/greentune") == "postgresql://greentune:***@db:5432/greentune"
+    assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    assert journal_path("journal:///srv/study.log") == journal_path("journal:///srv/study.log")
+    assert str(journal_path("journal:///srv/study.log")) == "/srv/study.log"
+    with pytest.raises(BadInput, match="journal:///absolute"):
+        journal_path("journal://relative.log")
+    with pytest.raises(BadInput, match="does not exist"):
+        open_storage(f"journal://{tmp_path}/missing/study.log")
+    with pytest.raises(BadInput, match=r"^--study needs --storage"):
+        SearchSettings(study="s")
+    with pytest.raises(BadInput, match="--grace-period"):
+        Heartbeat(interval_s=5, grace_s=5)
