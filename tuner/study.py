@@ -382,6 +382,8 @@ class Search:
                 continue
             with quiet():
                 trial = study.ask()
+            if self._over_budget(study, trial.number, budget):
+                continue
             with beating(self._storage, trial, heartbeat), self._failed_on_error(study, trial):
                 sampled = self.space.sample(trial)
                 baseline = bool(trial.user_attrs.get("baseline"))
@@ -416,6 +418,17 @@ class Search:
                     write_json(path, {"trial": result.to_dict()})
                 except OSError as exc:
                     raise _storage_error(f"trial {result.number}", exc) from None
+
+    @staticmethod
+    def _over_budget(study: optuna.Study, number: int, budget: int) -> bool:
+        """Two workers that asked for the budget's last trial at once: the later-numbered one is pruned (it always
+        sees the earlier one, which was created first) and its worker goes back to waiting."""
+        measured = len(recorded_results(study)[0])
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < number]
+        if measured + len(ahead) < budget:
+            return False
+        study.tell(number, state=TrialState.PRUNED)
+        return True
 
     def _shared_stop(self, budget: int, measured: int, started: float, duplicates_in_row: int) -> str | None:
         if measured >= budget:
