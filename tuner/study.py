@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -203,6 +205,7 @@ def study_name(model: str) -> str:
 
 
 EFFECTIVE_KEY_ATTR = "effective_key"  # trial attribute: the config's identity, set before it is measured
+WORKER_ATTR = "worker"  # trial attribute: {"host", "pid"} of the worker that measured it
 BUDGET_ATTR = "budget_trials"  # shared study attribute: configs to measure, all workers together
 
 
@@ -279,6 +282,11 @@ def recover_interrupted(study: optuna.Study) -> int:
         requeue(study, trial.params, {k: v for k, v in trial.user_attrs.items() if k == "baseline"})
         count += 1
     return count
+
+
+def worker_identity() -> dict[str, Any]:
+    """Which process on which machine measures a trial of a shared study."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
 
 
 def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, heartbeat: Heartbeat,
@@ -389,6 +397,7 @@ class Search:
                 baseline = bool(trial.user_attrs.get("baseline"))
                 config = trial_of(self.job.base) if baseline else sampled
                 key = self._key(config)
+                trial.set_user_attr(WORKER_ATTR, worker_identity())
                 if key is not None:
                     trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
                 earlier = self._measured_by_any(study, trial.number, key)
