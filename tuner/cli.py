@@ -603,24 +603,59 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
     out.print(table)
 
 
+def study_source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage/--study/-o: read a shared study instead of an output folder."""
+    options = [
+        click.option("--storage", default=None, metavar="URL", help="A shared study's storage (with --study)."),
+        click.option("--study", default=None, metavar="NAME", help="Read this shared study instead of OUTPUT_DIR."),
+        click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+                     help="With --study: the folder to write into."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def source_folder(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None) -> Path:
+    """OUTPUT_DIR, or a folder filled from the shared study (--storage URL --study NAME -o DIR)."""
+    from tuner.errors import BadInput
+
+    if study is None and storage is None:
+        if output_dir is None:
+            raise BadInput("give OUTPUT_DIR (a search's --output folder) or --storage URL --study NAME -o DIR")
+        if output is not None:
+            raise BadInput("-o is only used with --storage and --study (OUTPUT_DIR is written in place)")
+        return output_dir
+    if not (study and storage) or output_dir is not None:
+        raise BadInput("give --storage URL and --study NAME together, with -o DIR instead of OUTPUT_DIR")
+    from tuner.search_run import materialize_study
+
+    return materialize_study(storage, study, output or Path("greentune-out"))
+
+
 @cli.command()
-@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path), required=False)
+@study_source_options
 @handle_errors
-def report(output_dir: Path) -> None:
-    """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs).
+def report(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None) -> None:
+    """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs), or from
+    a shared study alone (every worker's trials).
 
     \b
     Example:
       greentune report out/
+      greentune report --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o report/
     """
     from tuner.report import write_reports
 
-    for path in write_reports(str(output_dir)):
+    folder = source_folder(output_dir, storage, study, output)
+    for path in write_reports(str(folder)):
         out.print(f"wrote {path}", highlight=False)
 
 
 @cli.command()
-@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path), required=False)
+@study_source_options
 @click.option("--trial", "trial_number", type=int, required=True, help="Trial number (see trials.csv or the report).")
 @click.option("--to", "destination", type=click.Path(path_type=Path), default=None,
               help="Where to write (default: OUTPUT_DIR/<model>/trial-N/config.pbtxt).")
@@ -628,14 +663,17 @@ def report(output_dir: Path) -> None:
               help="Load the config into a local Triton server and run a smoke inference before writing.")
 @click.option("--tritonserver", type=click.Path(path_type=Path), default=None, help="tritonserver binary for --verify.")
 @handle_errors
-def export(output_dir: Path, trial_number: int, destination: Path | None, verify: bool,
-           tritonserver: Path | None) -> None:
-    """Write any trial's config.pbtxt (for a Pareto point other than the chosen one).
+def export(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None, trial_number: int,
+           destination: Path | None, verify: bool, tritonserver: Path | None) -> None:
+    """Write any trial's config.pbtxt (for a Pareto point other than the chosen one), from a search's output
+    folder or from a shared study alone.
 
     \b
     Example:
       greentune export out/ --trial 7 --to deploy/mlp/config.pbtxt
+      greentune export --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o out/ --trial 7 --no-verify
     """
+    output_dir = source_folder(output_dir, storage, study, output)
     from tuner.export import export_trial
     from tuner.server import LocalLauncher
 

@@ -284,6 +284,17 @@ def recover_interrupted(study: optuna.Study) -> int:
     return count
 
 
+def load_shared_study(url: str, name: str) -> optuna.Study:
+    """An existing study, for reading (report, export); one line naming --study/--storage when it is not there."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}") from None
+
+
 def worker_identity() -> dict[str, Any]:
     """Which process on which machine measures a trial of a shared study."""
     return {"host": socket.gethostname(), "pid": os.getpid()}

@@ -149,3 +149,45 @@ def test_storage_urls_and_masking(tmp_path):
         SearchSettings(study="s")
     with pytest.raises(BadInput, match="--grace-period"):
         Heartbeat(interval_s=5, grace_s=5)
+
+
+def test_report_and_export_from_the_study_alone(tmp_path):
+    """A report and an export on another machine: nothing but --storage and --study (no worker's folder)."""
+    from click.testing import CliRunner
+
+    from tuner.cli import cli
+    from tuner.outputs import summary_document
+    from tuner.search_run import save_summary
+
+    url = storages(tmp_path)[0]
+    settings = SearchSettings(trials=4, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
+    job = make_job(tmp_path / "worker")
+    search = Search(job, settings)
+    study, _ = search.open()
+    search.on_result = lambda outcome: save_summary(study, summary_document(job, outcome, None))
+    outcome = search.run(FakeBench())
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", "--storage", url, "--study", "s", "-o", str(tmp_path / "elsewhere")])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "elsewhere" / "report.html").read_text()
+    assert all(f'data-v="{r.number}"' in html for r in outcome.results) and len(outcome.results) == 4
+    best = outcome.best.number
+    result = runner.invoke(cli, ["export", "--storage", url, "--study", "s", "-o", str(tmp_path / "elsewhere"),
+                                 "--trial", str(best), "--no-verify"])
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "elsewhere" / "mlp" / f"trial-{best}" / "config.pbtxt").read_text()
+    assert f"count: {outcome.best.config.instance_count}" in written
+    missing = runner.invoke(cli, ["report", "--storage", url, "--study", "nope", "-o", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "--study nope: no such study" in missing.output and "s" in missing.output
+    both = runner.invoke(cli, ["report", str(tmp_path), "--storage", url, "--study", "s"])
+    assert both.exit_code == 2 and "together" in both.output
+
+
+def test_worker_needs_storage_and_study_and_matching_settings(tmp_path):
+    from click.testing import CliRunner
+
+    from tests.conftest import MODEL_REPOSITORY
+    from tuner.cli import cli
+
+    result = CliRunner().invoke(cli, ["worker", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "worker needs --storage URL and --study NAME" in result.output
