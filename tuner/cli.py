@@ -414,6 +414,8 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       help="A shared study many workers contribute to (with --storage); created by the first to open it."),
         click.option("--heartbeat-interval", type=int, default=10, show_default=True,
                       help="Shared study: seconds between a worker's heartbeats."),
+        click.option("--allow-mixed-hardware", is_flag=True,
+                     help="Shared study: accept workers whose GPU model or energy meters differ from the study's."),
         click.option("--grace-period", type=int, default=30, show_default=True,
                       help="Shared study: seconds without a heartbeat after which a worker's trial is failed and retried."),
         impact_options,
@@ -511,7 +513,8 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
                               storage=flags["storage"], resume=flags.get("resume", False),
                               repeats=flags.get("repeats", 1), study=flags["study"],
-                              heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]))
+                              heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]),
+                              allow_mixed_hardware=flags["allow_mixed_hardware"])
     from tuner.results import ensure_writable_dir
 
     ensure_writable_dir(flags["output"])

@@ -58,6 +58,7 @@ class SearchSettings:
     study: str | None = None  # --study NAME: a shared study many workers contribute to (needs --storage)
     heartbeat: Heartbeat = field(default_factory=Heartbeat)  # shared studies: how a dead worker is noticed
     poll_s: float = 1.0  # shared studies: how often a worker re-reads the study while it waits
+    allow_mixed_hardware: bool = False  # shared studies: accept workers with another GPU model or meter
 
     @property
     def shared(self) -> bool:
@@ -205,6 +206,7 @@ def study_name(model: str) -> str:
 
 
 EFFECTIVE_KEY_ATTR = "effective_key"  # trial attribute: the config's identity, set before it is measured
+HARDWARE_ATTR = "hardware"  # trial (and study) attribute: host, GPU model, driver and meters of the measurement
 WORKER_ATTR = "worker"  # trial attribute: {"host", "pid"} of the worker that measured it
 BUDGET_ATTR = "budget_trials"  # shared study attribute: configs to measure, all workers together
 
@@ -293,6 +295,28 @@ def load_shared_study(url: str, name: str) -> optuna.Study:
     except KeyError:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}") from None
+
+
+def hardware_of(bench: TrialBench) -> dict[str, Any]:
+    """What a trial is measured on: host, CPU, GPU model and driver (NVML) and the meters in use."""
+    env = bench.environment
+    return {"host": socket.gethostname(), "cpu_model": env.get("cpu_model"),
+            "gpu_model": env.get("gpu_models") or "none", "gpu_driver": env.get("gpu_driver"),
+            "meters": sorted(bench.meter_details)}
+
+
+def check_hardware(study: optuna.Study, hardware: dict[str, Any], allow_mixed: bool) -> None:
+    """The first worker's GPU model and meters are the study's; another worker's must match unless
+    --allow-mixed-hardware (results on different hardware do not compare)."""
+    recorded = study.user_attrs.get(HARDWARE_ATTR)
+    mine = {"gpu_model": hardware["gpu_model"], "meters": hardware["meters"]}
+    if recorded is None:
+        study.set_user_attr(HARDWARE_ATTR, mine)
+        return
+    if recorded != mine and not allow_mixed:
+        raise BadInput(f"--study {study.study_name}: this worker measures on GPU {mine['gpu_model']} with meters "
+                       f"{', '.join(mine['meters']) or 'none'}, the study on GPU {recorded['gpu_model']} with meters "
+                       f"{', '.join(recorded['meters']) or 'none'}; pass --allow-mixed-hardware to mix them")
 
 
 def worker_identity() -> dict[str, Any]:
@@ -388,6 +412,8 @@ class Search:
         results (and against a config another worker is measuring now), measure with heartbeats, tell."""
         assert self._storage is not None
         heartbeat, budget = self.settings.heartbeat, int(study.user_attrs.get(BUDGET_ATTR, self.settings.trials))
+        hardware = hardware_of(bench)
+        check_hardware(study, hardware, self.settings.allow_mixed_hardware)
         started, duplicates_in_row = self.clock(), 0
         while True:
             fail_stale(study, self._storage, heartbeat)
@@ -409,6 +435,7 @@ class Search:
                 config = trial_of(self.job.base) if baseline else sampled
                 key = self._key(config)
                 trial.set_user_attr(WORKER_ATTR, worker_identity())
+                trial.set_user_attr(HARDWARE_ATTR, hardware)
                 if key is not None:
                     trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
                 earlier = self._measured_by_any(study, trial.number, key)

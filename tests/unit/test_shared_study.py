@@ -191,3 +191,28 @@ def test_worker_needs_storage_and_study_and_matching_settings(tmp_path):
 
     result = CliRunner().invoke(cli, ["worker", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "-o", str(tmp_path)])
     assert result.exit_code == 2 and "worker needs --storage URL and --study NAME" in result.output
+
+
+class GpuBench(FakeBench):
+    def __init__(self, gpu: str, meters=("nvml",)) -> None:
+        super().__init__()
+        self.environment = {"gpu_models": gpu, "gpu_driver": "550.54", "cpu_model": "x"}
+        self.meter_details = {m: {"name": m} for m in meters}
+
+
+def test_every_trial_records_its_hardware_and_other_gpus_are_refused_unless_allowed(tmp_path):
+    url = storages(tmp_path)[0]
+    settings = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
+    Search(make_job(tmp_path / "h100"), settings).run(GpuBench("NVIDIA H100 80GB HBM3"))
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    measured = [t for t in study.get_trials() if "result" in t.user_attrs]
+    assert {t.user_attrs["hardware"]["gpu_model"] for t in measured} == {"NVIDIA H100 80GB HBM3"}
+    assert measured[0].user_attrs["hardware"]["gpu_driver"] == "550.54"
+    assert measured[0].user_attrs["hardware"]["meters"] == ["nvml"]
+    more = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
+    with pytest.raises(BadInput, match="this worker measures on GPU NVIDIA A100.*--allow-mixed-hardware"):
+        Search(make_job(tmp_path / "a100"), more).run(GpuBench("NVIDIA A100-SXM4-40GB"))
+    with pytest.raises(BadInput, match="meters estimate"):
+        Search(make_job(tmp_path / "cpu"), more).run(GpuBench("NVIDIA H100 80GB HBM3", ("estimate",)))
+    mixed = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05, allow_mixed_hardware=True)
+    Search(make_job(tmp_path / "a100"), mixed).run(GpuBench("NVIDIA A100-SXM4-40GB"))  # allowed: no error
