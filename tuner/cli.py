@@ -434,6 +434,8 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Re-measure the top 3 configs until each has N measurements, then choose by their pooled mean.")
+@click.option("--parallel", type=int, default=1, show_default=True,
+              help="Servers at once: one per GPU of --gpus (one trial each at a time); on CPU allowed with a warning.")
 @handle_errors
 def search(**flags: Any) -> None:
     """Search serving configs for the most inferences per joule (or, with --objective throughput, the most
@@ -482,7 +484,19 @@ def search(**flags: Any) -> None:
             bar.console.print(f"[yellow]{event_text(event)}[/]")
 
     with bar:
-        outcome, exported = run_search_command(job, settings, launcher, progress)
+        if flags["parallel"] == 1:
+            outcome, exported = run_search_command(job, settings, launcher, progress)
+        else:
+            from tuner.meters import nvml
+            from tuner.parallel import plan_slots
+            from tuner.search_run import run_parallel_search
+
+            slots, warning = plan_slots(job.gpus, flags["parallel"], nvml.gpu_count(), job.output)
+            if warning:
+                bar.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            launchers = [build_launcher({**flags, "gpus": None if slot.gpu is None else str(slot.gpu)})
+                         for slot in slots]
+            outcome, exported = run_parallel_search(job, settings, slots, launchers, progress)
     _print_search_result(job, outcome, exported)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -10,11 +12,20 @@ from tuner import paths
 from tuner.errors import BadInput
 from tuner.events import Progress
 from tuner.outputs import summary_document, write_outputs
+from tuner.parallel import Slot, run_slots, slot_job
 from tuner.report import write_reports
 from tuner.results import write_json
 from tuner.server.base import ServerLauncher
 from tuner.storage import mask_url
-from tuner.study import Search, SearchJob, SearchOutcome, SearchSettings, load_shared_study, recorded_results
+from tuner.study import (
+    Search,
+    SearchJob,
+    SearchOutcome,
+    SearchSettings,
+    load_shared_study,
+    recorded_results,
+    study_name,
+)
 
 SUMMARY_ATTR = "summary"  # shared study attribute: the summary.json body last written by any worker
 
@@ -77,3 +88,25 @@ def run_worker_command(job: SearchJob, settings: SearchSettings, launcher: Serve
     publish(outcome)
     write_reports(str(job.output))
     return outcome, search.measured_here
+
+
+def run_parallel_search(job: SearchJob, settings: SearchSettings, slots: list[Slot], launchers: list[ServerLauncher],
+                        progress: Progress | None = None) -> tuple[SearchOutcome, Path | None]:
+    """--parallel N: one bench per slot (GPU), one trial per bench at a time, all on one study in this process;
+    then export the best config on the first bench and write the outputs over every slot's trials."""
+    if not settings.shared:
+        settings = dataclasses.replace(settings, study=study_name(job.model),
+                                       storage=settings.storage or paths.study_url(job.output))
+    job.output.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        benches = [stack.enter_context(slot_job(job, slot).bench(launcher, progress))
+                   for slot, launcher in zip(slots, launchers, strict=True)]
+        outcome = run_slots(job, settings, slots, benches, on_result=lambda o: write_outputs(job, o))
+        for result in outcome.results:
+            write_json(paths.trial_record_path(job.output, result.number), {"trial": result.to_dict()})
+        exported = None
+        if outcome.best is not None:
+            exported = benches[0].export(outcome.best.config, paths.exported_config_path(job.output, job.model))
+    write_outputs(job, outcome, exported)
+    write_reports(str(job.output))
+    return outcome, exported

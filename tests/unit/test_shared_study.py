@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -216,3 +217,58 @@ def test_every_trial_records_its_hardware_and_other_gpus_are_refused_unless_allo
         Search(make_job(tmp_path / "cpu"), more).run(GpuBench("NVIDIA H100 80GB HBM3", ("estimate",)))
     mixed = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05, allow_mixed_hardware=True)
     Search(make_job(tmp_path / "a100"), mixed).run(GpuBench("NVIDIA A100-SXM4-40GB"))  # allowed: no error
+
+
+def test_parallel_slots_one_per_gpu_one_trial_per_server_at_a_time(tmp_path, monkeypatch):
+    """--gpus 0,1 --parallel 2: the plan, the scheduling (every trial once, one at a time per server), and each
+    slot's meter reading its own GPU only (NVML fake)."""
+    from tests.fakes.fake_nvml import FakeGpu, FakeNvml, h100_trace
+    from tuner.meters import nvml as nvml_meter
+    from tuner.meters.select import select_meters
+    from tuner.parallel import plan_slots, run_slots, slot_job
+    from tuner.server.base import Server
+    from tuner.server.probes import ProcessTreeProbe
+
+    slots, warning = plan_slots([0, 1], 2, gpu_count=4, output=tmp_path)
+    assert [(s.gpu, s.output.name) for s in slots] == [(0, "gpu-0"), (1, "gpu-1")] and warning is None
+    with pytest.raises(BadInput, match="^--parallel 3: expected one server per GPU, i.e. 2"):
+        plan_slots([0, 1], 3, gpu_count=4, output=tmp_path)
+    with pytest.raises(BadInput, match="GPU 7 does not exist"):
+        plan_slots([0, 7], 2, gpu_count=4, output=tmp_path)
+    cpu_slots, cpu_warning = plan_slots(None, 2, gpu_count=0, output=tmp_path)
+    assert [s.gpu for s in cpu_slots] == [None, None] and "compete for the same cores" in cpu_warning
+
+    fake = FakeNvml([FakeGpu(h100_trace()), FakeGpu(h100_trace(idle_w=90.0))])
+    monkeypatch.setattr(nvml_meter, "nvml_module", lambda: fake)
+    server = Server(grpc_url="h:1", http_url="http://h:0", metrics_url=None, probe=ProcessTreeProbe(os.getpid()))
+    job = make_job(tmp_path)
+    for slot in slots:
+        choice = slot_job(job, slot)
+        meters = select_meters(server, "auto", gpus=choice.gpus, powercap_root=tmp_path / "none")
+        assert [g.index for g in meters[0].gpus] == [slot.gpu]  # its own GPU's NVML meter only
+        for m in meters:
+            m.close()
+
+    busy = [threading.Lock(), threading.Lock()]
+
+    class SlotBench(SlowBench):
+        def __init__(self, i):
+            super().__init__()
+            self.i = i
+            self.idle_power_w = {"nvml": 100.0 + i}
+
+        def measure(self, config, number):
+            assert busy[self.i].acquire(blocking=False), "two trials at once on one server"
+            try:
+                return super().measure(config, number)
+            finally:
+                busy[self.i].release()
+
+    settings = SearchSettings(trials=6, storage=f"journal://{tmp_path / 'p.journal'}", study="greentune-mlp",
+                              heartbeat=FAST, poll_s=0.05)
+    benches = [SlotBench(0), SlotBench(1)]
+    outcome = run_slots(job, settings, slots, benches)
+    keys = [c.key() for b in benches for _, c in b.calls]
+    assert len(keys) == len(set(keys)) == 6 and all(b.calls for b in benches)
+    assert len(outcome.results) == 6
+    assert outcome.idle_power_w == {"nvml@slot0": 100.0, "nvml@slot1": 101.0}  # idle baseline per GPU
