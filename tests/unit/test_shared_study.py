@@ -272,3 +272,20 @@ def test_parallel_slots_one_per_gpu_one_trial_per_server_at_a_time(tmp_path, mon
     assert len(keys) == len(set(keys)) == 6 and all(b.calls for b in benches)
     assert len(outcome.results) == 6
     assert outcome.idle_power_w == {"nvml@slot0": 100.0, "nvml@slot1": 101.0}  # idle baseline per GPU
+
+
+def test_a_worker_with_other_settings_is_refused_by_the_cli_before_any_server(tmp_path):
+    from click.testing import CliRunner
+
+    from tests.conftest import MODEL_REPOSITORY
+    from tuner.cli import cli
+
+    url = storages(tmp_path)[0]
+    args = ["worker", "-r", str(MODEL_REPOSITORY), "-m", "mlp", "--space", "cpu", "--storage", url, "--study", "s",
+            "--launcher", "remote", "--url", "http://127.0.0.1:9", "--ready-timeout", "1"]  # nothing listens there: no server is needed
+    first = CliRunner().invoke(cli, [*args, "--objective", "throughput", "-o", str(tmp_path / "a")])
+    assert first.exit_code != 2  # created the study, then failed to reach the (absent) server
+    other = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b")])
+    assert other.exit_code == 2
+    assert "--study s: this worker's objective differ from the study's (objective=throughput)" in other.output
+    assert "\n" not in other.output.strip()  # one line
