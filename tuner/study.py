@@ -80,6 +80,8 @@ class SearchSettings:
             raise BadInput("--study needs --storage URL (a database or journal:///path/file every worker can reach)")
         if self.study is not None and self.resume:
             raise BadInput("--resume is not used with --study: a shared study is always joined")
+        if self.study is not None and self.repeats > 1:
+            raise BadInput("--repeats is not used with --study or --parallel (a shared study measures each config once)")
         if self.study is not None and self.sampler == "grid":
             raise BadInput("--sampler grid is not used with --study: use tpe or random for a shared study")
 
