@@ -434,31 +434,54 @@ def _load_text(described: dict[str, Any]) -> str:
     return f"{described['request_rate_per_s']:g} req/s open loop{engine}"
 
 
+def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Flags shared by search and worker: the space, constraints, budgets, sampler, study and outputs."""
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--space", "space_name", default="default", show_default=True,
+                      help="Search space: a YAML file, or a built-in space: default, cpu or gpu (search_spaces/ in "
+                           "the repository)."),
+        click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s."),
+        click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms."),
+        click.option("--max-memory-mb", type=float, default=None,
+                      help="Constraint: server memory at most this many MB (GPU memory where measured, else server RSS)."),
+        click.option("--trials", "-n", type=int, default=12, show_default=True, help="Configs to measure (baseline included)."),
+        click.option("--timeout", default=None, help="Stop starting trials after this long, e.g. 30m, 1h, 90s."),
+        click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement."),
+        click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
+                      help="Optuna sampler (gp needs: pip install 'greentune[gp]')."),
+        click.option("--objective", type=click.Choice(["efficiency", "throughput"]), default="efficiency",
+                      show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
+                                              "the export is this objective's pick, the outputs show both picks."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+        click.option("--storage", default=None, metavar="URL",
+                      help="Optuna storage: sqlite:///, postgresql://, mysql:// or journal:///path/file (default: "
+                           "OUTPUT/study.db)."),
+        click.option("--study", default=None, metavar="NAME",
+                      help="A shared study many workers contribute to (with --storage); created by the first to open it."),
+        click.option("--heartbeat-interval", type=int, default=10, show_default=True,
+                      help="Shared study: seconds between a worker's heartbeats."),
+        click.option("--allow-mixed-hardware", is_flag=True,
+                     help="Shared study: accept workers whose GPU model or energy meters differ from the study's."),
+        click.option("--grace-period", type=int, default=30, show_default=True,
+                      help="Shared study: seconds without a heartbeat after which a worker's trial is failed and retried."),
+        impact_options,
+        click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
+                      help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
 @server_options
 @load_options
-@click.option("--space", "space_name", default="default", show_default=True,
-              help="Search space: a YAML file, or a built-in space: default, cpu or gpu (search_spaces/ in the repository).")
-@click.option("--min-throughput", type=float, default=None, help="Constraint: at least this many infer/s.")
-@click.option("--max-p99-ms", type=float, default=None, help="Constraint: p99 latency at most this many ms.")
-@click.option("--max-memory-mb", type=float, default=None,
-              help="Constraint: server memory at most this many MB (GPU memory where measured, else server RSS).")
-@click.option("--trials", "-n", type=int, default=12, show_default=True, help="Configs to measure (baseline included).")
-@click.option("--timeout", default=None, help="Stop starting trials after this long, e.g. 30m, 1h, 90s.")
-@click.option("--patience", type=int, default=None, help="Stop after this many trials without improvement.")
-@click.option("--sampler", type=click.Choice(["tpe", "gp", "grid", "random"]), default="tpe", show_default=True,
-              help="Optuna sampler (gp needs: pip install 'greentune[gp]').")
-@click.option("--objective", type=click.Choice(["efficiency", "throughput"]), default="efficiency",
-              show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
-                                      "the export is this objective's pick, the outputs show both picks.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
-@click.option("--storage", default=None, help="Optuna storage URL for a shared study (default: OUTPUT/study.db).")
+@search_options
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
 @click.option("--repeats", type=int, default=1, show_default=True,
               help="Re-measure the top 3 configs until each has N measurements, then choose by their pooled mean.")
-@impact_options
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
-              help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs.")
+@click.option("--parallel", type=int, default=1, show_default=True,
+              help="Servers at once: one per GPU of --gpus (one trial each at a time); on CPU allowed with a warning.")
 @handle_errors
 def search(**flags: Any) -> None:
     """Search serving configs for the most inferences per joule (or, with --objective throughput, the most
@@ -507,7 +530,19 @@ def search(**flags: Any) -> None:
             bar.console.print(f"[yellow]{status_text(event)}[/]")
 
     with bar:
-        outcome, exported = run_search_command(job, settings, launcher, progress)
+        if flags["parallel"] == 1:
+            outcome, exported = run_search_command(job, settings, launcher, progress)
+        else:
+            from tuner.meters import nvml
+            from tuner.parallel import plan_slots
+            from tuner.search_run import run_parallel_search
+
+            slots, warning = plan_slots(job.gpus, flags["parallel"], nvml.gpu_count(), job.output)
+            if warning:
+                bar.console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+            launchers = [build_launcher({**flags, "gpus": None if slot.gpu is None else str(slot.gpu)})
+                         for slot in slots]
+            outcome, exported = run_parallel_search(job, settings, slots, launchers, progress)
     _print_search_result(job, outcome, exported)
 
 
@@ -517,6 +552,7 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
     from tuner.space import builtin_space, builtin_space_names, load_space
+    from tuner.storage import Heartbeat
     from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
@@ -539,7 +575,10 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     measure = measure_settings(flags)
     settings = SearchSettings(trials=flags["trials"], timeout_s=parse_duration(flags["timeout"]) if flags["timeout"]
                               else None, patience=flags["patience"], sampler=flags["sampler"], seed=flags["seed"],
-                              storage=flags["storage"], resume=flags["resume"], repeats=flags["repeats"])
+                              storage=flags["storage"], resume=flags.get("resume", False),
+                              repeats=flags.get("repeats", 1), study=flags["study"],
+                              heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]),
+                              allow_mixed_hardware=flags["allow_mixed_hardware"])
     from tuner.results import ensure_writable_dir
 
     ensure_writable_dir(flags["output"])
@@ -550,6 +589,53 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                     cpu_tdp_watts=flags["cpu_tdp_watts"], gpus=parse_gpus(flags["gpus"]),
                     objective=flags["objective"], impact=impact)
     return job, settings
+
+
+@cli.command()
+@server_options
+@load_options
+@search_options
+@handle_errors
+def worker(**flags: Any) -> None:
+    """Join a shared study and measure its configs on this machine's server until the study's budget is spent.
+
+    Start as many workers as you have GPUs or machines, all with the same flags; the first creates the study (its
+    --trials is the budget of all workers together), the others join it. A worker whose settings (model, space,
+    load, constraints, meter, objective) differ from the study's is refused (exit 2). A worker that dies stops
+    beating; after --grace-period its trial is measured again by another worker. Writes OUTPUT/summary.json,
+    trials.csv and the reports over every worker's trials; no config is exported (use greentune export).
+
+    \b
+    Example:
+      greentune worker -r model_repository -m mlp --storage postgresql://USER@db/greentune --study mlp-h100 \\
+        --trials 40 -o out-$(hostname)/
+    """
+    from tuner.search_run import run_worker_command
+
+    if not flags["study"] or not flags["storage"]:
+        from tuner.errors import BadInput
+
+        raise BadInput("worker needs --storage URL and --study NAME (the shared study to join)")
+    job, settings = _search_job(flags)
+    launcher = build_launcher(flags)
+
+    def progress(event: Event) -> None:
+        from tuner import events
+
+        if isinstance(event, events.TrialFinished):
+            console.print(trial_line(event.result), highlight=False)
+        elif isinstance(event, events.TrialStarted):
+            console.print(f"trial {event.number:>3} started  {escape(event.config)}", highlight=False)
+        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
+            console.print(f"[yellow]{status_text(event)}[/]")
+
+    outcome, measured_here = run_worker_command(job, settings, launcher, progress)
+    from tuner import paths
+
+    html, markdown, _ = paths.report_paths(job.output)
+    out.print(escape(f"stopped: {outcome.stop_reason}; this worker measured {len(measured_here)} of the "
+                     f"{len(outcome.results)} configs in study {settings.study} ({mask_url(outcome.storage_url)}); "
+                     f"wrote {paths.summary_path(job.output)}, {html}, {markdown}"), highlight=False)
 
 
 @cli.command()
@@ -584,28 +670,63 @@ def doctor(fetch: bool, cleanup: bool, docker_host: str | None) -> None:
     out.print(table)
 
 
+def study_source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--storage/--study/-o: read a shared study instead of an output folder."""
+    options = [
+        click.option("--storage", default=None, envvar="GREENTUNE_STORAGE", metavar="URL",
+                     help="The study's storage (env GREENTUNE_STORAGE; default: OUTPUT_DIR/study.db): a shared study's "
+                          "with --study, else for parameter importance. Never read from summary.json, which records "
+                          "it with the password masked."),
+        click.option("--study", default=None, metavar="NAME", help="Read this shared study instead of OUTPUT_DIR."),
+        click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
+                     help="With --study: the folder to write into."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def source_folder(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None) -> Path:
+    """OUTPUT_DIR, or a folder filled from the shared study (--storage URL --study NAME -o DIR)."""
+    from tuner.errors import BadInput
+
+    if study is None:  # an output folder (--storage, if given, is only where its study lives)
+        if output_dir is None:
+            raise BadInput("give OUTPUT_DIR (a search's --output folder) or --storage URL --study NAME -o DIR")
+        if output is not None:
+            raise BadInput("-o is only used with --storage and --study (OUTPUT_DIR is written in place)")
+        return output_dir
+    if not storage or output_dir is not None:
+        raise BadInput("give --storage URL and --study NAME together, with -o DIR instead of OUTPUT_DIR")
+    from tuner.search_run import materialize_study
+
+    return materialize_study(storage, study, output or Path("greentune-out"))
+
+
 @cli.command()
-@click.argument("output_dir", type=click.Path(path_type=Path))
-@click.option("--storage", default=None, envvar="GREENTUNE_STORAGE",
-              help="The search's --storage URL, for parameter importance (env GREENTUNE_STORAGE; default: "
-                   "OUTPUT_DIR/study.db). Never read from summary.json, which records it with the password masked.")
+@click.argument("output_dir", type=click.Path(path_type=Path), required=False)
+@study_source_options
 @handle_errors
-def report(output_dir: Path, storage: str | None) -> None:
-    """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs).
+def report(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None) -> None:
+    """Re-render report.html, report.md and pareto.png from a search's output folder (also while it runs), or from
+    a shared study alone (every worker's trials).
 
     \b
     Example:
       greentune report out/
       GREENTUNE_STORAGE=postgresql://user:PASSWORD@db/greentune greentune report out/
+      greentune report --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o report/
     """
     from tuner.report import write_reports
 
-    for path in write_reports(str(output_dir), storage=storage):
+    folder = source_folder(output_dir, storage, study, output)
+    for path in write_reports(str(folder), storage=storage):
         out.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @cli.command()
-@click.argument("output_dir", type=click.Path(path_type=Path))
+@click.argument("output_dir", type=click.Path(path_type=Path), required=False)
+@study_source_options
 @click.option("--trial", "trial_number", type=int, required=True, help="Trial number (see trials.csv or the report).")
 @click.option("--to", "destination", type=click.Path(path_type=Path), default=None,
               help="Where to write (default: OUTPUT_DIR/<model>/trial-N/config.pbtxt).")
@@ -613,14 +734,17 @@ def report(output_dir: Path, storage: str | None) -> None:
               help="Load the config into a local Triton server and run a smoke inference before writing.")
 @click.option("--tritonserver", type=click.Path(path_type=Path), default=None, help="tritonserver binary for --verify.")
 @handle_errors
-def export(output_dir: Path, trial_number: int, destination: Path | None, verify: bool,
-           tritonserver: Path | None) -> None:
-    """Write any trial's config.pbtxt (for a Pareto point other than the chosen one).
+def export(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None, trial_number: int,
+           destination: Path | None, verify: bool, tritonserver: Path | None) -> None:
+    """Write any trial's config.pbtxt (for a Pareto point other than the chosen one), from a search's output
+    folder or from a shared study alone.
 
     \b
     Example:
       greentune export out/ --trial 7 --to deploy/mlp/config.pbtxt
+      greentune export --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o out/ --trial 7 --no-verify
     """
+    output_dir = source_folder(output_dir, storage, study, output)
     from tuner.export import export_trial
     from tuner.server import LocalLauncher
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
+import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,10 +28,12 @@ from tuner.measure import InputSource, MeasureSettings, pool_measurements
 from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
 from tuner.objective import Constraints, best_trial, check_objective, objective_value, violations
+from tuner.redact import mask_url
 from tuner.results import TrialConfig, TrialResult, write_json
 from tuner.server.base import ServerLauncher
 from tuner.space import Space
-from tuner.stopping import Stopping
+from tuner.stopping import MAX_CONSECUTIVE_DUPLICATES, Stopping
+from tuner.storage import HEARTBEAT_ATTR, Heartbeat, beating, open_storage, quiet
 
 # What a failed save looks like: the file system, or the study's database (Optuna wraps most of its errors).
 STORAGE_ERRORS = (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
@@ -50,6 +56,15 @@ class SearchSettings:
     resume: bool = False
     repeats: int = 1
     top_k: int = 3
+    study: str | None = None  # --study NAME: a shared study many workers contribute to (needs --storage)
+    heartbeat: Heartbeat = field(default_factory=Heartbeat)  # shared studies: how a dead worker is noticed
+    poll_s: float = 1.0  # shared studies: how often a worker re-reads the study while it waits
+    allow_mixed_hardware: bool = False  # shared studies: accept workers with another GPU model or meter
+
+    @property
+    def shared(self) -> bool:
+        """Many workers on one study: constant-liar TPE, heartbeats, the budget stored in the study."""
+        return self.study is not None
 
     def __post_init__(self) -> None:
         if not 1 <= self.repeats <= 20:
@@ -62,6 +77,14 @@ class SearchSettings:
             raise BadInput(f"--patience: expected a positive number of trials, got {self.patience}")
         if self.timeout_s is not None and not self.timeout_s > 0:
             raise BadInput(f"--timeout: expected a positive duration, got {self.timeout_s}")
+        if self.study is not None and not self.storage:
+            raise BadInput("--study needs --storage URL (a database or journal:///path/file every worker can reach)")
+        if self.study is not None and self.resume:
+            raise BadInput("--resume is not used with --study: a shared study is always joined")
+        if self.study is not None and self.repeats > 1:
+            raise BadInput("--repeats is not used with --study or --parallel (a shared study measures each config once)")
+        if self.study is not None and self.sampler == "grid":
+            raise BadInput("--sampler grid is not used with --study: use tpe or random for a shared study")
 
 
 def parse_duration(text: str) -> float:
@@ -133,6 +156,15 @@ class SearchJob:
             "objective": self.objective,
         }
 
+    def shared_fingerprint(self) -> dict[str, Any]:
+        """A shared study's settings: as fingerprint(), but the space by its knobs (workers keep the file in
+        different folders) and the model's own config.pbtxt (every worker must tune the same model)."""
+        from tuner.model_config import to_text
+
+        knobs = json.loads(json.dumps([dataclasses.asdict(k) for k in self.space.knobs]))  # as stored: lists
+        return {**self.fingerprint(), "space": knobs,
+                "model_config": hashlib.sha256(to_text(self.base).encode()).hexdigest()[:16]}
+
     def bench(self, launcher: ServerLauncher, progress: Progress | None = None) -> Bench:
         """The bench every config of this search is measured on (a context manager)."""
         return Bench(launcher, self.model_repository, self.model, self.base, self.output, self.inputs, self.load,
@@ -140,10 +172,16 @@ class SearchJob:
                      progress)
 
 
-def make_sampler(name: str, seed: int, space: Space, trials: int) -> optuna.samplers.BaseSampler:
-    """TPE (default), GP (needs the gp extra), grid or random; constraints come from trial.set_constraint."""
+def make_sampler(name: str, seed: int, space: Space, trials: int, shared: bool = False) -> optuna.samplers.BaseSampler:
+    """TPE (default), GP (needs the gp extra), grid or random; constraints come from trial.set_constraint.
+
+    shared: many workers ask at once, so TPE treats running trials as bad (constant_liar) and each worker seeds
+    differently (a seed would make every worker propose the same configs)."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, trials // 3)), multivariate=True)
+        return optuna.samplers.TPESampler(seed=None if shared else seed, n_startup_trials=max(2, min(10, trials // 3)),
+                                          multivariate=True, constant_liar=shared)
+    if shared and name == "random":
+        return optuna.samplers.RandomSampler()
     if name == "gp":
         try:
             import scipy  # noqa: F401
@@ -170,25 +208,50 @@ def study_name(model: str) -> str:
     return f"greentune-{model}"
 
 
+EFFECTIVE_KEY_ATTR = "effective_key"  # trial attribute: the config's identity, set before it is measured
+HARDWARE_ATTR = "hardware"  # trial (and study) attribute: host, GPU model, driver and meters of the measurement
+WORKER_ATTR = "worker"  # trial attribute: {"host", "pid"} of the worker that measured it
+BUDGET_ATTR = "budget_trials"  # shared study attribute: configs to measure, all workers together
+
+
 def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, str]:
-    """Create the study (or load it with --resume); refuses to mix a new search into an old study."""
+    """Create the study (or load it with --resume, or join it with --study); see open_study_storage."""
+    study, url, _ = open_study_storage(job, settings)
+    return study, url
+
+
+def open_study_storage(job: SearchJob, settings: SearchSettings
+                       ) -> tuple[optuna.Study, str, optuna.storages.BaseStorage]:
+    """Create the study (or load it with --resume, or join it with --study); refuses to mix a new search into an
+    old study, and a worker whose settings differ from the shared study's."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = settings.storage or paths.study_url(job.output)
-    from tuner.redact import mask_url  # the password never reaches a message
-    name = study_name(job.model)
-    sampler = make_sampler(settings.sampler, settings.seed, job.space, settings.trials)
-    try:
-        storage = optuna.storages.RDBStorage(url)
-    except Exception as exc:  # sqlalchemy errors name the URL's problem
-        raise BadInput(f"--storage {mask_url(url)}: cannot open ({str(exc).splitlines()[0]})") from None
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    if name in existing and not settings.resume:
-        raise BadInput(
-            f"{mask_url(url)} already holds study {name!r}; pass --resume to continue it, or use another --output/--storage"
-        )
+    name = settings.study or study_name(job.model)
+    sampler = make_sampler(settings.sampler, settings.seed, job.space, settings.trials, settings.shared)
+    storage = open_storage(url, settings.heartbeat if settings.shared else None)
+    if not settings.shared:
+        existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        if name in existing and not settings.resume:
+            raise BadInput(
+                f"{mask_url(url)} already holds study {name!r}; pass --resume to continue it, or use another "
+                "--output/--storage"
+            )
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
                                 load_if_exists=True)
-    fingerprint = job.fingerprint()
+    fingerprint = job.shared_fingerprint() if settings.shared else job.fingerprint()
+    if settings.shared:
+        recorded = study.user_attrs.get("settings")
+        if recorded is None:
+            study.set_user_attr("settings", fingerprint)
+            study.set_user_attr(BUDGET_ATTR, settings.trials)
+        elif recorded != fingerprint:
+            changed = [k for k in fingerprint if recorded.get(k) != fingerprint[k]]
+            raise BadInput(
+                f"--study {name}: this worker's {', '.join(changed)} differ from the study's ("
+                + ", ".join(f"{k}={recorded.get(k)}" for k in changed if k not in ("space", "model_config"))
+                + "); give the flags and files the study was created with"
+            )
+        return study, url, storage
     recorded = study.user_attrs.get("settings")
     if recorded is not None and "objective" not in recorded:
         recorded = {**recorded, "objective": "efficiency"}  # studies from before --objective maximised inferences/J
@@ -200,7 +263,7 @@ def open_study(job: SearchJob, settings: SearchSettings) -> tuple[optuna.Study, 
             f"--resume: the study was run with different {', '.join(changed)} "
             f"({', '.join(f'{k}={recorded.get(k)}' for k in changed)}); results would not compare"
         )
-    return study, url
+    return study, url, storage
 
 
 def recorded_results(study: optuna.Study) -> tuple[list[TrialResult], int]:
@@ -226,6 +289,67 @@ def recover_interrupted(study: optuna.Study) -> int:
     return count
 
 
+def load_shared_study(url: str, name: str) -> optuna.Study:
+    """An existing study, for reading (report, export); one line naming --study/--storage when it is not there."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}") from None
+
+
+def hardware_of(bench: TrialBench) -> dict[str, Any]:
+    """What a trial is measured on: host, CPU, GPU model and driver (NVML) and the meters in use."""
+    env = bench.environment
+    return {"host": socket.gethostname(), "cpu_model": env.get("cpu_model"),
+            "gpu_model": env.get("gpu_models") or "none", "gpu_driver": env.get("gpu_driver"),
+            "meters": sorted(bench.meter_details)}
+
+
+def check_hardware(study: optuna.Study, hardware: dict[str, Any], allow_mixed: bool) -> None:
+    """The first worker's GPU model and meters are the study's; another worker's must match unless
+    --allow-mixed-hardware (results on different hardware do not compare)."""
+    recorded = study.user_attrs.get(HARDWARE_ATTR)
+    mine = {"gpu_model": hardware["gpu_model"], "meters": hardware["meters"]}
+    if recorded is None:
+        study.set_user_attr(HARDWARE_ATTR, mine)
+        return
+    if recorded != mine and not allow_mixed:
+        raise BadInput(f"--study {study.study_name}: this worker measures on GPU {mine['gpu_model']} with meters "
+                       f"{', '.join(mine['meters']) or 'none'}, the study on GPU {recorded['gpu_model']} with meters "
+                       f"{', '.join(recorded['meters']) or 'none'}; pass --allow-mixed-hardware to mix them")
+
+
+def worker_identity() -> dict[str, Any]:
+    """Which process on which machine measures a trial of a shared study."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def fail_stale(study: optuna.Study, storage: optuna.storages.BaseStorage, heartbeat: Heartbeat,
+               now: float | None = None) -> int:
+    """Shared study: fail (and queue again) only the RUNNING trials whose worker stopped beating for the grace
+    period; a trial another live worker is measuring is never touched. Returns how many were failed."""
+    if isinstance(storage, optuna.storages.RDBStorage):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        with quiet():
+            optuna.storages.fail_stale_trials(study)  # RetryHeartbeatStaleTrialCallback queues each one again
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return len(before - after)
+    now = time.time() if now is None else now
+    count = 0
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start.timestamp() if trial.datetime_start else now
+        last = float(trial.user_attrs.get(HEARTBEAT_ATTR, started))
+        if now - last > heartbeat.grace_s:
+            with contextlib.suppress(ValueError, RuntimeError):  # another worker failed it first
+                study.tell(trial.number, state=TrialState.FAIL)
+                requeue(study, trial.params, {k: v for k, v in trial.user_attrs.items() if k == "baseline"})
+                count += 1
+    return count
+
+
 def requeue(study: optuna.Study, params: dict[str, Any], user_attrs: dict[str, Any]) -> None:
     """Queue an interrupted trial's params to be asked again, unless they are queued already.
 
@@ -248,10 +372,14 @@ class Search:
         self.clock = clock
         self.space = job.space.for_model(job.base.max_batch_size > 0)
         self._opened: tuple[optuna.Study, SearchOutcome] | None = None
+        self._storage: optuna.storages.BaseStorage | None = None
+        self.measured_here: list[int] = []  # trial numbers this process measured (a shared study has others')
 
     def run(self, bench: TrialBench) -> SearchOutcome:
         """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs."""
         study, outcome = self.open()
+        if self.settings.shared:
+            return self._run_shared(study, outcome, bench)
         stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
                             self._grid_size(), self.clock, outcome.results, self.job.objective)
         by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
@@ -282,14 +410,113 @@ class Search:
         self._publish(outcome, bench)
         return outcome
 
+    def _run_shared(self, study: optuna.Study, outcome: SearchOutcome, bench: TrialBench) -> SearchOutcome:
+        """One worker of a shared study: until the study's budget is spent, ask, dedupe against every worker's
+        results (and against a config another worker is measuring now), measure with heartbeats, tell."""
+        assert self._storage is not None
+        heartbeat, budget = self.settings.heartbeat, int(study.user_attrs.get(BUDGET_ATTR, self.settings.trials))
+        hardware = hardware_of(bench)
+        check_hardware(study, hardware, self.settings.allow_mixed_hardware)
+        started, duplicates_in_row = self.clock(), 0
+        while True:
+            fail_stale(study, self._storage, heartbeat)
+            outcome.results, outcome.duplicates = recorded_results(study)
+            if (reason := self._shared_stop(budget, len(outcome.results), started, duplicates_in_row)) is not None:
+                break
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            if len(outcome.results) + len(running) >= budget and not waiting:
+                time.sleep(self.settings.poll_s)  # the rest is being measured; stay to retry it if a worker dies
+                continue
+            with quiet():
+                trial = study.ask()
+            if self._over_budget(study, trial.number, budget):
+                continue
+            with beating(self._storage, trial, heartbeat), self._failed_on_error(study, trial):
+                sampled = self.space.sample(trial)
+                baseline = bool(trial.user_attrs.get("baseline"))
+                config = trial_of(self.job.base) if baseline else sampled
+                key = self._key(config)
+                trial.set_user_attr(WORKER_ATTR, worker_identity())
+                trial.set_user_attr(HARDWARE_ATTR, hardware)
+                if key is not None:
+                    trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
+                earlier = self._measured_by_any(study, trial.number, key)
+                if earlier is not None:
+                    self._record(study, trial, _reuse(earlier, trial.number), duplicate_of=earlier.number)
+                    duplicates_in_row += 1
+                    continue
+                emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
+                result = bench.measure(config, trial.number) if key is not None else self._invalid(config, trial.number)
+                self._record(study, trial, result)
+            duplicates_in_row = 0
+            self.measured_here.append(result.number)
+            outcome.results.append(result)
+            self._publish(outcome, bench)
+            emit(self.progress, TrialFinished(result, outcome.best, len(outcome.results), budget))
+        outcome.stop_reason = reason
+        self._copy_records(outcome.results)
+        self._publish(outcome, bench)
+        return outcome
+
+    def _copy_records(self, results: list[TrialResult]) -> None:
+        """Every worker's results as trial records in this worker's output, so its reports cover the whole study."""
+        for result in results:
+            path = paths.trial_record_path(self.job.output, result.number)
+            if not path.exists():
+                try:
+                    write_json(path, {"trial": result.to_dict()})
+                except OSError as exc:
+                    raise _storage_error(f"trial {result.number}", exc) from None
+
+    @staticmethod
+    def _over_budget(study: optuna.Study, number: int, budget: int) -> bool:
+        """Two workers that asked for the budget's last trial at once: the later-numbered one is pruned (it always
+        sees the earlier one, which was created first) and its worker goes back to waiting."""
+        measured = len(recorded_results(study)[0])
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < number]
+        if measured + len(ahead) < budget:
+            return False
+        study.tell(number, state=TrialState.PRUNED)
+        return True
+
+    def _shared_stop(self, budget: int, measured: int, started: float, duplicates_in_row: int) -> str | None:
+        if measured >= budget:
+            return f"study budget reached ({budget} configs measured by all workers)"
+        if self.settings.timeout_s is not None and self.clock() - started >= self.settings.timeout_s:
+            return f"timeout ({self.settings.timeout_s:.0f} s)"
+        if duplicates_in_row >= MAX_CONSECUTIVE_DUPLICATES:
+            return f"space exhausted: the sampler proposed {duplicates_in_row} measured configs in a row"
+        return None
+
+    def _measured_by_any(self, study: optuna.Study, number: int, key: str | None) -> TrialResult | None:
+        """The result of this config from any worker; if an earlier-numbered trial of another worker is measuring
+        it now, wait for that one (if its worker dies, its trial is failed and this one measures)."""
+        if key is None:
+            return None
+        while True:
+            for result in recorded_results(study)[0]:
+                if self._key(result.config) == key:
+                    return result
+            twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                     if t.number < number and t.user_attrs.get(EFFECTIVE_KEY_ATTR) == key]
+            if not twins:
+                return None
+            time.sleep(self.settings.poll_s)
+            assert self._storage is not None
+            fail_stale(study, self._storage, self.settings.heartbeat)
+
     def open(self) -> tuple[optuna.Study, SearchOutcome]:
         """Open the study (once; before a server starts, so a bad --storage or --resume is exit 2 at once), fail what
         a killed run left running, read back what is measured, seed the baseline."""
         if self._opened is not None:
             return self._opened
         self.job.output.mkdir(parents=True, exist_ok=True)
-        study, url = open_study(self.job, self.settings)
-        recovered = recover_interrupted(study)
+        study, url, self._storage = open_study_storage(self.job, self.settings)
+        if self.settings.shared:
+            recovered = fail_stale(study, self._storage, self.settings.heartbeat)
+        else:
+            recovered = recover_interrupted(study)
         if recovered:
             emit(self.progress, TrialsRecovered(recovered))
         results, duplicates = recorded_results(study)
