@@ -141,3 +141,13 @@ def test_parse_export_fails_requests_answered_after_the_request_timeout(tmp_path
     assert records.done_ns.tolist() == [T0 + 200_000_000, T0 + 10 + 300_000_000]  # failed at its deadline
     assert any(e.startswith("Deadline Exceeded") for e in records.errors)
     assert parse_export(path).ok.tolist() == [True, True]  # without a timeout both are answers
+
+
+def test_a_tritonclient_wheel_whose_sha256_is_not_pinned_is_refused_for_perf_analyzer(tmp_path: Path) -> None:
+    from tuner.engines import pa_install
+    from tuner.server.embedded import check_sha256
+
+    wheel = tmp_path / next(iter(pa_install.PINNED_SHA256))
+    wheel.write_bytes(b"not the wheel from PyPI")
+    with pytest.raises(pa_install.PerfAnalyzerUnavailable, match="does not match the pinned"):
+        check_sha256(wheel, pa_install.PINNED_SHA256, pa_install.PerfAnalyzerUnavailable, "give --perf-analyzer PATH")

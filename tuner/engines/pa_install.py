@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.errors import BadInput, GreentuneError
 from tuner.fileio import atomic_path
-from tuner.server.embedded import cache_dir, embedded_triton
+from tuner.server.embedded import cache_dir, cache_lock, check_sha256, download_wheel, embedded_triton
 
 TRITONCLIENT_VERSION = "2.51.0"  # the same release as the embedded server (Triton 2.51)
 WHEEL_GLOB = f"tritonclient-{TRITONCLIENT_VERSION}-*.whl"
 MEMBER = f"tritonclient-{TRITONCLIENT_VERSION}.data/data/bin/perf_analyzer"
 # perf_analyzer links these by soname; the embedded server's libs hold them under hashed names.
+# sha256 of each tritonclient wheel perf_analyzer is taken from (from PyPI); any other file is refused.
+PINNED_SHA256 = {
+    f"tritonclient-{TRITONCLIENT_VERSION}-py3-none-manylinux1_x86_64.whl":
+        "c485bb0123bdf310f90bc8b03d3489b28df2ffed55b30c7eee0b795b48113d52",
+}
 NEEDED_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
 
 
@@ -61,7 +64,9 @@ def cached_perf_analyzer(allow_fetch: bool = False) -> PerfAnalyzer:
             raise PerfAnalyzerUnavailable(
                 f"perf_analyzer not found: give --perf-analyzer PATH, put it on PATH, or run `greentune doctor --fetch` "
                 f"(takes it from tritonclient=={TRITONCLIENT_VERSION})")
-        _extract_binary(_download_wheel(), binary)
+        with cache_lock(f"perf_analyzer-{TRITONCLIENT_VERSION}"):  # two first runs at once: one fetches
+            if not binary.exists():
+                _extract_binary(_download_wheel(), binary)
     lib = home / "lib"
     _link_libraries(lib)
     return PerfAnalyzer(binary=binary, env={"LD_LIBRARY_PATH": os.pathsep.join(
@@ -70,21 +75,11 @@ def cached_perf_analyzer(allow_fetch: bool = False) -> PerfAnalyzer:
 
 
 def _download_wheel() -> Path:
-    wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob(WHEEL_GLOB)) if wheels.exists() else []
-    if found:
-        return found[-1]
-    wheels.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(wheels),
-           f"tritonclient=={TRITONCLIENT_VERSION}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(wheels.glob(WHEEL_GLOB))
-    if proc.returncode != 0 or not found:
-        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise PerfAnalyzerUnavailable(
-            f"could not download tritonclient=={TRITONCLIENT_VERSION} for perf_analyzer: {last[0]}; "
-            f"give --perf-analyzer PATH instead")
-    return found[-1]
+    """The tritonclient wheel, downloaded once (binary only) and checked against its pinned sha256."""
+    wheel = download_wheel(f"tritonclient=={TRITONCLIENT_VERSION}", WHEEL_GLOB, PerfAnalyzerUnavailable,
+                           "for perf_analyzer; give --perf-analyzer PATH instead")
+    check_sha256(wheel, PINNED_SHA256, PerfAnalyzerUnavailable, "give --perf-analyzer PATH or put it on PATH")
+    return wheel
 
 
 def _extract_binary(wheel: Path, binary: Path) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.errors import BadInput, ServerStartError
+from tuner.errors import BadInput, GreentuneError, ServerStartError
 from tuner.fileio import atomic_write
 
 PYTRITON_VERSION = "0.7.0"
@@ -108,26 +108,30 @@ def embedded_triton(allow_fetch: bool = True) -> TritonInstall:
 
 
 def _find_wheel(allow_fetch: bool) -> Path:
-    wheels = cache_dir() / "wheels"
-    found = sorted(wheels.glob(WHEEL_GLOB)) if wheels.exists() else []
-    if found:
-        return found[-1]
-    if not allow_fetch:
+    if not allow_fetch and not sorted((cache_dir() / "wheels").glob(WHEEL_GLOB)):
         raise ServerStartError(
             f"no tritonserver found: give --tritonserver PATH, put tritonserver on PATH, "
             f"or run `greentune doctor --fetch` to download nvidia-pytriton {PYTRITON_VERSION}"
         )
+    return download_wheel(f"nvidia-pytriton=={PYTRITON_VERSION}", WHEEL_GLOB, ServerStartError,
+                          "for the embedded Triton server; give --tritonserver PATH instead")
+
+
+def download_wheel(requirement: str, glob: str, error: type[GreentuneError], purpose: str) -> Path:
+    """The cached wheel matching `glob`, else `pip download --no-deps --only-binary=:all:` it into the cache
+    (callers hold cache_lock and check the sha256); `error` names what failed and `purpose` what to do instead."""
+    wheels = cache_dir() / "wheels"
+    found = sorted(wheels.glob(glob)) if wheels.exists() else []
+    if found:
+        return found[-1]
     wheels.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", str(wheels),
-           f"nvidia-pytriton=={PYTRITON_VERSION}"]
+           requirement]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(wheels.glob(WHEEL_GLOB))
+    found = sorted(wheels.glob(glob))
     if proc.returncode != 0 or not found:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ServerStartError(
-            f"could not download nvidia-pytriton {PYTRITON_VERSION} for the embedded Triton server: {last[0]}; "
-            f"give --tritonserver PATH instead"
-        )
+        raise error(f"could not download {requirement} {purpose}: {last[0]}")
     return found[-1]
 
 
@@ -146,8 +150,10 @@ def cache_lock(name: str) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def check_sha256(wheel: Path, pinned: dict[str, str] | None = None) -> str:
-    """The wheel's sha256, when it matches the pinned value for its file name; ServerStartError otherwise."""
+def check_sha256(wheel: Path, pinned: dict[str, str] | None = None, error: type[GreentuneError] = ServerStartError,
+                 instead: str = "give --tritonserver PATH or put tritonserver on PATH") -> str:
+    """The wheel's sha256, when it matches the pinned value for its file name; `error` (saying what to do
+    `instead`) otherwise."""
     pinned = PINNED_SHA256 if pinned is None else pinned
     digest = hashlib.sha256()
     with open(wheel, "rb") as handle:
@@ -156,11 +162,10 @@ def check_sha256(wheel: Path, pinned: dict[str, str] | None = None) -> str:
     actual = digest.hexdigest()
     expected = pinned.get(wheel.name)
     if expected is None:
-        raise ServerStartError(f"{wheel}: no pinned sha256 for this platform's nvidia-pytriton wheel ({actual}); "
-                               "give --tritonserver PATH or put tritonserver on PATH")
+        raise error(f"{wheel}: no pinned sha256 for this platform's wheel ({actual}); {instead}")
     if actual != expected:
-        raise ServerStartError(f"{wheel}: sha256 {actual} does not match the pinned {expected}; delete it "
-                               "and retry (`greentune doctor --fetch`), or give --tritonserver PATH")
+        raise error(f"{wheel}: sha256 {actual} does not match the pinned {expected}; delete it "
+                    f"and retry (`greentune doctor --fetch`), or {instead}")
     return actual
 
 
