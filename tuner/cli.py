@@ -778,7 +778,7 @@ def _print_search_result(job: Any, outcome: Any, exported: Path | None) -> None:
         raise NoFeasibleConfig(_no_feasible_message(outcome, job))
     best = outcome.best
     picked = "fastest" if job.objective == "throughput" else "most efficient"
-    out.print(f"[bold green]best ({picked}, --objective {job.objective}):[/] trial {best.number}: "
+    out.print(f"[bold green]best:[/] trial {best.number} ({picked}, --objective {job.objective}): "
               f"{escape(best.config.describe())}", highlight=False)
     out.print(measurement_table(best.measurement, f"best config (trial {best.number})"))
     saved = savings(best, outcome.baseline)
