@@ -6,7 +6,7 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +126,13 @@ def cli() -> None:
     """
 
 
+def with_options(fn: Callable[..., Any], options: Sequence[Callable[[Any], Any]]) -> Callable[..., Any]:
+    """Apply a group of click options to a command, first option first in --help."""
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags naming the model and how to run Triton."""
     options = [
@@ -150,9 +157,7 @@ def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--ports", default=None, metavar="HTTP,GRPC,METRICS",
                      help="Fixed ports for a local server (default: free ports picked per start)."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(fn, options)
 
 
 def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -195,9 +200,7 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--idle-seconds", type=float, default=3.0, show_default=True,
                      help="Idle power is measured this long (server up, no load) before measuring."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(fn, options)
 
 
 def impact_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -214,9 +217,7 @@ def impact_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gpu-hourly-price", default=None, metavar="H",
                      help="Cost of one serving machine per hour: with --traffic, machines needed and their cost."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(fn, options)
 
 
 def impact_inputs(flags: dict[str, Any], space: Any) -> Any:
@@ -468,9 +469,7 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-out"), show_default=True,
                       help="Folder for config.pbtxt, summary.json, trials.csv, the study and logs."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(fn, options)
 
 
 @cli.command()
@@ -681,9 +680,7 @@ def study_source_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
                      help="With --study: the folder to write into."),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return with_options(fn, options)
 
 
 def source_folder(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None) -> Path:

@@ -8,9 +8,16 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuner.errors import BadInput, GreentuneError
+from tuner.errors import GreentuneError
 from tuner.fileio import atomic_path
-from tuner.server.embedded import cache_dir, cache_lock, check_sha256, download_wheel, embedded_triton
+from tuner.server.embedded import (
+    cache_dir,
+    cache_lock,
+    check_sha256,
+    download_wheel,
+    embedded_triton,
+    given_or_on_path,
+)
 
 TRITONCLIENT_VERSION = "2.51.0"  # the same release as the embedded server (Triton 2.51)
 WHEEL_GLOB = f"tritonclient-{TRITONCLIENT_VERSION}-*.whl"
@@ -44,14 +51,9 @@ def perf_analyzer_home() -> Path:
 
 def find_perf_analyzer(explicit: Path | None = None, allow_fetch: bool = False) -> PerfAnalyzer:
     """--perf-analyzer PATH, else perf_analyzer on PATH, else the cached copy (fetched when allow_fetch)."""
-    if explicit is not None:
-        path = Path(explicit)
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise BadInput(f"--perf-analyzer {path}: not an executable file")
-        return PerfAnalyzer(binary=path, source="--perf-analyzer")
-    on_path = shutil.which("perf_analyzer")
-    if on_path:
-        return PerfAnalyzer(binary=Path(on_path), source="PATH")
+    found = given_or_on_path(explicit, "--perf-analyzer", "perf_analyzer")
+    if found is not None:
+        return PerfAnalyzer(binary=found[0], source=found[1])
     return cached_perf_analyzer(allow_fetch=allow_fetch)
 
 

@@ -48,15 +48,22 @@ def cache_dir() -> Path:
 
 def find_triton(explicit: Path | None = None, allow_fetch: bool = True) -> TritonInstall:
     """--tritonserver PATH, else tritonserver on PATH, else the embedded server (fetched once)."""
+    found = given_or_on_path(explicit, "--tritonserver", "tritonserver")
+    if found is not None:
+        return TritonInstall(binary=found[0], source=found[1])
+    return embedded_triton(allow_fetch=allow_fetch)
+
+
+def given_or_on_path(explicit: Path | None, flag: str, name: str) -> tuple[Path, str] | None:
+    """The binary a flag names (BadInput if it is not executable), else `name` on PATH, with where it came from;
+    None when neither."""
     if explicit is not None:
         path = Path(explicit)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise BadInput(f"--tritonserver {path}: not an executable file")
-        return TritonInstall(binary=path, source="--tritonserver")
-    on_path = shutil.which("tritonserver")
-    if on_path:
-        return TritonInstall(binary=Path(on_path), source="PATH")
-    return embedded_triton(allow_fetch=allow_fetch)
+            raise BadInput(f"{flag} {path}: not an executable file")
+        return path, flag
+    on_path = shutil.which(name)
+    return (Path(on_path), "PATH") if on_path else None
 
 
 def embedded_triton(allow_fetch: bool = True) -> TritonInstall:
