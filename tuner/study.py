@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import hashlib
 import json
@@ -209,6 +210,7 @@ def study_name(model: str) -> str:
 
 
 EFFECTIVE_KEY_ATTR = "effective_key"  # trial attribute: the config's identity, set before it is measured
+DECISION_ATTR = "twin_decision"  # trial attribute: "measure" or "defer" (to a twin measuring the same config); "" undecided
 HARDWARE_ATTR = "hardware"  # trial (and study) attribute: host, GPU model, driver and meters of the measurement
 WORKER_ATTR = "worker"  # trial attribute: {"host", "pid"} of the worker that measured it
 BUDGET_ATTR = "budget_trials"  # shared study attribute: configs to measure, all workers together
@@ -440,6 +442,7 @@ class Search:
                 trial.set_user_attr(WORKER_ATTR, worker_identity())
                 trial.set_user_attr(HARDWARE_ATTR, hardware)
                 if key is not None:
+                    trial.set_user_attr(DECISION_ATTR, "")  # a retried trial arrives with its dead attempt's attrs
                     trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
                 earlier = self._measured_by_any(study, trial.number, key)
                 if earlier is not None:
@@ -490,20 +493,42 @@ class Search:
         return None
 
     def _measured_by_any(self, study: optuna.Study, number: int, key: str | None) -> TrialResult | None:
-        """The result of this config from any worker; if an earlier-numbered trial of another worker is measuring
-        it now, wait for that one (if its worker dies, its trial is failed and this one measures)."""
+        """The result of this config from any worker, or None when this trial is the one to measure it.
+
+        Twins (running trials with the same key, each stamped before this is called) agree on one measurer without a
+        lock: a trial defers to a twin that decided "measure" or to an earlier one still undecided; an earlier trial
+        waits for its undecided later twins to decide (they never wait for it), so waits point one way and cannot
+        deadlock. A deferrer whose twin ended without a result (done elsewhere, or its worker died and fail_stale failed
+        it) goes back to undecided and reads again before it may measure, so two deferrers never take over at once."""
         if key is None:
             return None
+        assert self._storage is not None
+        trial_id = self._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        decide = functools.partial(self._storage.set_trial_user_attr, trial_id, DECISION_ATTR)
+        decided = ""
         while True:
             for result in recorded_results(study)[0]:
                 if self._key(result.config) == key:
                     return result
             twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                     if t.number < number and t.user_attrs.get(EFFECTIVE_KEY_ATTR) == key]
-            if not twins:
+                     if t.number != number and t.user_attrs.get(EFFECTIVE_KEY_ATTR) == key]
+            choices = {t.number: t.user_attrs.get(DECISION_ATTR, "") for t in twins}
+            if any(c == "measure" for c in choices.values()) or any(
+                    n < number and c == "" for n, c in choices.items()):
+                wanted = "defer"
+            elif any(n > number and c == "" for n, c in choices.items()):
+                wanted = ""  # a later twin is deciding; it will defer to this one or has already chosen to measure
+            else:
+                wanted = "measure"
+            if wanted == "measure" and decided == "":
+                decide("measure")
                 return None
+            if wanted == "measure":
+                wanted = ""  # from "defer" via "" and one more read, so two deferrers cannot both take over at once
+            if wanted != decided:
+                decide(wanted)
+                decided = wanted
             time.sleep(self.settings.poll_s)
-            assert self._storage is not None
             fail_stale(study, self._storage, self.settings.heartbeat)
 
     def open(self) -> tuple[optuna.Study, SearchOutcome]:

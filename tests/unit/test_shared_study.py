@@ -137,6 +137,48 @@ def test_a_config_another_worker_is_measuring_is_waited_for_not_measured(tmp_pat
     finisher.join()
 
 
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_path, kind):
+    """Four workers ask for the same config at once (stamp, then read, racing): at every moment at most one of them
+    measures it; when that one's trial ends without a result the others re-decide and the next one measures."""
+    url = storages(tmp_path)[0 if kind == "journal" else 1]
+    settings = SearchSettings(trials=8, storage=url, study="s", heartbeat=FAST, poll_s=0.01)
+    search = Search(make_job(tmp_path), settings)
+    study, _ = search.open()
+    key = '{"the": "same config"}'
+    for round_ in range(3):
+        trials = [study.ask() for _ in range(4)]
+        for t in trials:
+            t.set_user_attr(HEARTBEAT_ATTR, time.time() + 3600)
+        barrier, lock, measuring, spans = threading.Barrier(len(trials)), threading.Lock(), [], []
+
+        def worker(trial, delay):
+            barrier.wait()
+            time.sleep(delay)
+            trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
+            assert search._measured_by_any(study, trial.number, key) is None  # nobody records a result here
+            with lock:
+                measuring.append(trial.number)
+                overlap = len(measuring) > 1
+            started = time.monotonic()
+            time.sleep(0.1)
+            with lock:
+                measuring.remove(trial.number)
+                spans.append((trial.number, started, overlap))
+            study.tell(trial, 1.0)  # done, no result record: the next twin measures
+
+        # round 0: the latest-numbered stamps first (a later trial reads before an earlier one has stamped); then mixed
+        delays = [[0.03 * (len(trials) - i) for i in range(len(trials))], [0.0] * len(trials),
+                  [0.02, 0.0, 0.04, 0.01]][round_]
+        threads = [threading.Thread(target=worker, args=(t, d)) for t, d in zip(trials, delays)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=30)
+        assert not any(th.is_alive() for th in threads), f"round {round_}: a twin waits forever"
+        assert len(spans) == len(trials) and not any(overlap for _, _, overlap in spans), spans
+
+
 def test_storage_urls_and_masking(tmp_path):
     assert mask_url("postgresql://greentune:s3cret@db:5432/greentune") == "postgresql://greentune:***@db:5432/greentune"
     assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
