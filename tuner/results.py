@@ -263,6 +263,54 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Hardware:
+    """What a trial was measured on: host, CPU model, GPU model and driver (NVML) and the meters in use."""
+
+    host: str | None = None
+    cpu_model: str | None = None
+    gpu_model: str = "none"
+    gpu_driver: str | None = None
+    meters: tuple[str, ...] = ()
+
+    @property
+    def group(self) -> tuple[str, tuple[str, ...]]:
+        """(GPU model, meters): results whose groups differ do not compare (other joules, other counters)."""
+        return self.gpu_model, self.meters
+
+    def label(self) -> str:
+        """'GPU NVIDIA H100 80GB HBM3, meters nvml' (the group, in words)."""
+        gpu = "no GPU" if self.gpu_model == "none" else f"GPU {self.gpu_model}"
+        return f"{gpu}, meters {', '.join(self.meters) or 'none'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (the `hardware` trial attribute of a shared study)."""
+        return {**dataclasses.asdict(self), "meters": list(self.meters)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hardware:
+        """Inverse of to_dict(); unknown keys are ignored."""
+        return cls(host=data.get("host"), cpu_model=data.get("cpu_model"),
+                   gpu_model=str(data.get("gpu_model") or "none"), gpu_driver=data.get("gpu_driver"),
+                   meters=tuple(str(m) for m in data.get("meters") or ()))
+
+
+UNRECORDED_GROUP = ("not recorded", ())  # results written before greentune recorded hardware
+
+
+def hardware_group(result: TrialResult) -> tuple[str, tuple[str, ...]]:
+    """The result's hardware group: (GPU model, meters), or UNRECORDED_GROUP for an older record."""
+    return result.hardware.group if result.hardware is not None else UNRECORDED_GROUP
+
+
+def group_by_hardware(results: list[TrialResult]) -> list[list[TrialResult]]:
+    """Results split by hardware group (GPU model + meters), in order of each group's first trial."""
+    groups: dict[tuple[str, tuple[str, ...]], list[TrialResult]] = {}
+    for result in sorted(results, key=lambda r: r.number):
+        groups.setdefault(hardware_group(result), []).append(result)
+    return list(groups.values())
+
+
+@dataclass(frozen=True)
 class TrialResult:
     """A trial's outcome: its measurement, or why it failed."""
 
@@ -271,6 +319,7 @@ class TrialResult:
     measurement: Measurement | None
     failure_reason: str | None = None
     violations: dict[str, float] = field(default_factory=dict)
+    hardware: Hardware | None = None  # None: recorded before greentune kept it
 
     @property
     def failed(self) -> bool:
@@ -291,6 +340,7 @@ class TrialResult:
             "failure_reason": redact(self.failure_reason) if self.failure_reason else self.failure_reason,
             "violations": dict(self.violations),
             "feasible": self.feasible,
+            "hardware": self.hardware.to_dict() if self.hardware is not None else None,
         }
 
     @classmethod
@@ -303,6 +353,7 @@ class TrialResult:
             measurement=Measurement.from_dict(m) if m else None,
             failure_reason=data.get("failure_reason"),
             violations=dict(data.get("violations", {})),
+            hardware=Hardware.from_dict(data["hardware"]) if data.get("hardware") else None,
         )
 
 

@@ -30,7 +30,7 @@ from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
 from tuner.objective import Constraints, best_trial, check_objective, objective_value, violations
 from tuner.redact import mask_url
-from tuner.results import TrialConfig, TrialResult, write_json
+from tuner.results import Hardware, TrialConfig, TrialResult, write_json
 from tuner.server.base import ServerLauncher
 from tuner.space import Space
 from tuner.stopping import MAX_CONSECUTIVE_DUPLICATES, Stopping
@@ -302,19 +302,19 @@ def load_shared_study(url: str, name: str) -> optuna.Study:
         raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}") from None
 
 
-def hardware_of(bench: TrialBench) -> dict[str, Any]:
+def hardware_of(bench: TrialBench) -> Hardware:
     """What a trial is measured on: host, CPU, GPU model and driver (NVML) and the meters in use."""
     env = bench.environment
-    return {"host": socket.gethostname(), "cpu_model": env.get("cpu_model"),
-            "gpu_model": env.get("gpu_models") or "none", "gpu_driver": env.get("gpu_driver"),
-            "meters": sorted(bench.meter_details)}
+    return Hardware(host=socket.gethostname(), cpu_model=env.get("cpu_model"),
+                    gpu_model=env.get("gpu_models") or "none", gpu_driver=env.get("gpu_driver"),
+                    meters=tuple(sorted(bench.meter_details)))
 
 
-def check_hardware(study: optuna.Study, hardware: dict[str, Any], allow_mixed: bool) -> None:
+def check_hardware(study: optuna.Study, hardware: Hardware, allow_mixed: bool) -> None:
     """The first worker's GPU model and meters are the study's; another worker's must match unless
-    --allow-mixed-hardware (results on different hardware do not compare)."""
+    --allow-mixed-hardware (results on different hardware do not compare; the reports then group them)."""
     recorded = study.user_attrs.get(HARDWARE_ATTR)
-    mine = {"gpu_model": hardware["gpu_model"], "meters": hardware["meters"]}
+    mine = {"gpu_model": hardware.gpu_model, "meters": list(hardware.meters)}
     if recorded is None:
         study.set_user_attr(HARDWARE_ATTR, mine)
         return
@@ -385,6 +385,7 @@ class Search:
         stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
                             self._grid_size(), self.clock, outcome.results, self.job.objective)
         by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
+        hardware = hardware_of(bench)
         while (reason := stopping.reason(self._sampler_exhausted(study))) is None:
             trial = study.ask()
             with self._failed_on_error(study, trial):
@@ -399,7 +400,7 @@ class Search:
                     stopping.record_duplicate()
                     continue
                 emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
-                result = bench.measure(config, trial.number) if key is not None else self._invalid(config, trial.number)
+                result = self._measure(bench, config, trial.number, key, hardware)
                 self._record(study, trial, result)
             outcome.results.append(result)
             if key is not None:
@@ -440,7 +441,7 @@ class Search:
                 config = trial_of(self.job.base) if baseline else sampled
                 key = self._key(config)
                 trial.set_user_attr(WORKER_ATTR, worker_identity())
-                trial.set_user_attr(HARDWARE_ATTR, hardware)
+                trial.set_user_attr(HARDWARE_ATTR, hardware.to_dict())
                 if key is not None:
                     trial.set_user_attr(DECISION_ATTR, "")  # a retried trial arrives with its dead attempt's attrs
                     trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
@@ -450,7 +451,7 @@ class Search:
                     duplicates_in_row += 1
                     continue
                 emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
-                result = bench.measure(config, trial.number) if key is not None else self._invalid(config, trial.number)
+                result = self._measure(bench, config, trial.number, key, hardware)
                 self._record(study, trial, result)
             duplicates_in_row = 0
             self.measured_here.append(result.number)
@@ -569,6 +570,12 @@ class Search:
         except BadInput:
             return None
 
+    def _measure(self, bench: TrialBench, config: TrialConfig, number: int, key: str | None,
+                 hardware: Hardware) -> TrialResult:
+        """Measure a valid config on the bench (an invalid one fails without a server); the result names its hardware."""
+        result = bench.measure(config, number) if key is not None else self._invalid(config, number)
+        return dataclasses.replace(result, hardware=result.hardware or hardware)
+
     def _invalid(self, config: TrialConfig, number: int) -> TrialResult:
         try:
             apply_trial(self.job.base, config)
@@ -621,7 +628,7 @@ class Search:
                 runs.append(again.measurement)
             pooled = pool_measurements(runs, self.job.measure)
             updated = TrialResult(result.number, result.config, pooled, result.failure_reason,
-                                  violations(pooled, self.job.constraints))
+                                  violations(pooled, self.job.constraints), result.hardware)
             outcome.results[outcome.results.index(result)] = updated
             if result.number not in outcome.repeated:
                 outcome.repeated.append(result.number)
@@ -652,7 +659,8 @@ class Search:
 
 def _reuse(earlier: TrialResult, number: int) -> TrialResult:
     """A duplicate proposal: the earlier trial's result under this trial's number."""
-    return TrialResult(number, earlier.config, earlier.measurement, earlier.failure_reason, dict(earlier.violations))
+    return TrialResult(number, earlier.config, earlier.measurement, earlier.failure_reason, dict(earlier.violations),
+                       earlier.hardware)
 
 
 def _storage_error(what: str, exc: BaseException) -> StorageError:
