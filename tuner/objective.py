@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.errors import BadInput
-from tuner.results import Measurement, TrialResult
+from tuner.results import Measurement, TrialResult, hardware_group
 
 FAILED_VIOLATION = 1000.0  # a refused or failing config: far outside every constraint, so samplers avoid its region
 CONSTRAINT_NAMES = ("min_throughput", "max_p99_ms", "max_memory_mb", "failed")
@@ -169,17 +169,18 @@ def closest_trial(results: list[TrialResult]) -> tuple[TrialResult, str] | None:
 
 
 def pareto_front(results: list[TrialResult]) -> list[int]:
-    """Trial numbers of feasible trials not dominated on (inferences/J up, p99 down, throughput up)."""
+    """Trial numbers of feasible trials not dominated on (inferences/J up, p99 down, throughput up) by a trial on
+    the same hardware (GPU model + meters: joules on other hardware do not compare)."""
     points = []
     for r in results:
         if r.feasible and r.measurement is not None:
             m = r.measurement
-            points.append((r.number, score(m), m.p99_ms.mean, m.throughput_per_s.mean))
+            points.append((r.number, hardware_group(r), score(m), m.p99_ms.mean, m.throughput_per_s.mean))
     front = []
-    for number, ipj, p99, tput in points:
+    for number, group, ipj, p99, tput in points:
         dominated = any(
             o_ipj >= ipj and o_p99 <= p99 and o_tput >= tput and (o_ipj > ipj or o_p99 < p99 or o_tput > tput)
-            for _, o_ipj, o_p99, o_tput in points
+            for _, o_group, o_ipj, o_p99, o_tput in points if o_group == group
         )
         if not dominated:
             front.append(number)
@@ -194,10 +195,11 @@ def overlaps(a: Measurement, b: Measurement) -> bool:
 
 
 def ties_with(best: TrialResult, results: list[TrialResult]) -> list[int]:
-    """Feasible trials whose inferences-per-joule interval overlaps the best's (statistically tied)."""
+    """Feasible trials on the best's hardware whose inferences-per-joule interval overlaps the best's (tied)."""
     if best.measurement is None:
         return []
     return [r.number for r in results if r.feasible and r.number != best.number and r.measurement is not None
+            and hardware_group(r) == hardware_group(best)
             and overlaps(best.measurement, r.measurement)]
 
 

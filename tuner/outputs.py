@@ -9,7 +9,7 @@ import pandas as pd
 
 from tuner import paths
 from tuner.fileio import atomic_path
-from tuner.impact import ImpactInputs, impact_summary, trial_per_million
+from tuner.impact import ImpactInputs, annual_summary, impact_summary, trial_per_million
 from tuner.model_config import to_text
 from tuner.objective import (
     OBJECTIVES,
@@ -23,7 +23,7 @@ from tuner.objective import (
     ties_with,
 )
 from tuner.redact import mask_url, redact
-from tuner.results import KNOBS, TrialResult, write_json
+from tuner.results import KNOBS, TrialResult, group_by_hardware, hardware_group, write_json
 from tuner.study import SearchJob, SearchOutcome
 
 
@@ -76,11 +76,59 @@ def picks(results: list[TrialResult]) -> dict[str, Any]:
     }
 
 
+HARDWARE_NOTE = ("trials were measured on {count} hardware groups (GPU model + meters, --allow-mixed-hardware): "
+                 "joules on different GPUs or meters do not compare, so each group has its own best config, and "
+                 "savings against the baseline are given only within the group that measured it")
+
+
+def same_hardware_baseline(group: list[TrialResult], baseline: TrialResult | None) -> TrialResult | None:
+    """The group's measurement of the baseline config (the earliest), or None when another group measured it."""
+    if baseline is None:
+        return None
+    own = [r for r in group if r.config == baseline.config]
+    return min(own, key=lambda r: r.number) if own else None
+
+
+def hardware_groups(results: list[TrialResult], baseline: TrialResult | None, objective: str,
+                    impact: ImpactInputs) -> list[dict[str, Any]]:
+    """Per hardware group (GPU model + meters): its trials, hosts, drivers, best, baseline, savings, picks and
+    impact, each computed within the group only."""
+    groups = []
+    for group in group_by_hardware(results):
+        known = [r.hardware for r in group if r.hardware is not None]
+        best, base = best_trial(group, objective), same_hardware_baseline(group, baseline)
+        groups.append({
+            "label": known[0].label() if known else "hardware not recorded",
+            "gpu_model": known[0].gpu_model if known else None,
+            "meters": list(known[0].meters) if known else None,
+            "gpu_drivers": sorted({h.gpu_driver for h in known if h.gpu_driver}),
+            "hosts": sorted({h.host for h in known if h.host}),
+            "trials": [r.number for r in group],
+            "best": _brief(best),
+            "baseline": _brief(base),
+            "savings_vs_baseline": savings(best, base),
+            "picks": picks(group),
+            "ties_with_best": ties_with(best, group) if best else [],
+            "impact": impact_summary(group, best, base, impact),
+        })
+    return groups
+
+
 def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | None) -> dict[str, Any]:
-    """The summary.json body (schema_version is added on write)."""
+    """The summary.json body (schema_version is added on write).
+
+    On mixed hardware, what compares the chosen config with others (picks, savings, ties, the year) covers the
+    chosen config's hardware group only; hardware_groups has every group's own."""
     front = pareto_front(outcome.results)
     closest = closest_trial(outcome.results) if outcome.best is None else None
     sources = sorted({r.measurement.energy_source for r in outcome.results if r.measurement})
+    groups = hardware_groups(outcome.results, outcome.baseline, job.objective, job.impact)
+    scope, baseline = outcome.results, outcome.baseline
+    if len(groups) > 1 and outcome.best is not None:
+        scope = [r for r in outcome.results if hardware_group(r) == hardware_group(outcome.best)]
+        baseline = same_hardware_baseline(scope, outcome.baseline)
+    impact = impact_summary(outcome.results, outcome.best, baseline, job.impact)
+    impact["annual"] = annual_summary(scope, outcome.best, baseline, job.impact)
     return {
         "model": job.model,
         "model_repository": str(Path(job.model_repository).resolve()),
@@ -94,9 +142,9 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "constraints": job.constraints.to_dict(),
         "search_space": job.space.source,
         "best": _brief(outcome.best),
-        "picks": picks(outcome.results),
+        "picks": picks(scope),
         "baseline": _brief(outcome.baseline),
-        "savings_vs_baseline": savings(outcome.best, outcome.baseline),
+        "savings_vs_baseline": savings(outcome.best, baseline),
         "closest_infeasible": None if closest is None else {**(_brief(closest[0]) or {}), "most_violated": closest[1]},
         "exported_config": str(exported) if exported else None,
         "pareto_front": [_brief(r) for r in outcome.results if r.number in front],
@@ -115,7 +163,9 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "meters": outcome.meter_details,
         "environment": outcome.environment,
         "study": {"storage": mask_url(outcome.storage_url), "name": outcome.study_name},
-        "impact": impact_summary(outcome.results, outcome.best, outcome.baseline, job.impact),
+        "impact": impact,
+        "hardware_groups": groups,
+        "hardware_note": HARDWARE_NOTE.format(count=len(groups)) if len(groups) > 1 else None,
     }
 
 
@@ -152,6 +202,9 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
             "repeats": m.repeats if m else None,
             "energy_accounting": m.energy_accounting if m else None,
             "pareto": r.number in front,
+            "hardware": r.hardware.label() if r.hardware else None,
+            "gpu_driver": r.hardware.gpu_driver if r.hardware else None,
+            "host": r.hardware.host if r.hardware else None,
             "failure_reason": redact(r.failure_reason) if r.failure_reason else r.failure_reason,
         })
         row.update(_per_million_columns(r, impact))

@@ -152,7 +152,7 @@ def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_p
             t.set_user_attr(HEARTBEAT_ATTR, time.time() + 3600)
         barrier, lock, measuring, spans = threading.Barrier(len(trials)), threading.Lock(), [], []
 
-        def worker(trial, delay):
+        def worker(trial, delay, barrier=barrier, lock=lock, measuring=measuring, spans=spans):  # this round's
             barrier.wait()
             time.sleep(delay)
             trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
@@ -170,7 +170,7 @@ def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_p
         # round 0: the latest-numbered stamps first (a later trial reads before an earlier one has stamped); then mixed
         delays = [[0.03 * (len(trials) - i) for i in range(len(trials))], [0.0] * len(trials),
                   [0.02, 0.0, 0.04, 0.01]][round_]
-        threads = [threading.Thread(target=worker, args=(t, d)) for t, d in zip(trials, delays)]
+        threads = [threading.Thread(target=worker, args=(t, d)) for t, d in zip(trials, delays, strict=True)]
         for th in threads:
             th.start()
         for th in threads:

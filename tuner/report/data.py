@@ -19,7 +19,7 @@ from tuner.objective import (
     price_of_speed,
     score,
 )
-from tuner.results import TrialResult
+from tuner.results import UNRECORDED_GROUP, TrialResult, group_by_hardware, hardware_group
 
 
 @dataclass
@@ -31,6 +31,47 @@ class ReportData:
     results: list[TrialResult]
     importances: dict[str, float] = field(default_factory=dict)
     importance_note: str = ""
+    group_label: str = ""  # a hardware group's view (see hardware_views): its GPU model and meters
+    chosen_number: int | None = None  # in a group's view: the study's chosen trial (best_number is the group's best)
+
+    @property
+    def exported_number(self) -> int | None:
+        """The study's chosen (exported) trial, also in a hardware group's view."""
+        return self.chosen_number if self.group_label else self.best_number
+
+    def hardware_views(self) -> list[ReportData]:
+        """One view per hardware group (GPU model + meters) when the trials span more than one, else []: each
+        holds the group's trials, and its best, baseline, savings and impact from summary.json's hardware_groups."""
+        groups = group_by_hardware(self.results)
+        if len(groups) < 2:
+            return []
+        stored = {(g.get("gpu_model") or UNRECORDED_GROUP[0], tuple(g.get("meters") or ())): g
+                  for g in self.summary.get("hardware_groups") or []}
+        return [self._view(group, stored.get(hardware_group(group[0])) or self._fallback(group)) for group in groups]
+
+    def chosen_view(self) -> ReportData:
+        """The hardware group holding the chosen trial (the first group when none was chosen); self on one group."""
+        views = self.hardware_views()
+        return next((v for v in views if self.result(self.best_number) in v.results), views[0] if views else self)
+
+    def _view(self, results: list[TrialResult], entry: dict[str, Any]) -> ReportData:
+        sources = sorted({r.measurement.energy_source for r in results if r.measurement})
+        summary = {**self.summary, **{k: entry.get(k) for k in ("best", "baseline", "savings_vs_baseline", "picks",
+                                                                  "ties_with_best", "impact")},
+                   "energy_sources": sources, "hardware_group": entry}
+        label = str(entry.get("label") or "hardware not recorded")
+        return ReportData(self.output_dir, summary, results, group_label=label, chosen_number=self.best_number)
+
+    def _fallback(self, results: list[TrialResult]) -> dict[str, Any]:
+        """A group the summary does not know yet (a trial finished after it was written): its best and baseline."""
+        best = best_trial(results, self.objective)
+        base = self.result(self.baseline_number)
+        own = [r for r in results if base is not None and r.config == base.config]
+        hardware = results[0].hardware
+        return {"label": hardware.label() if hardware else "hardware not recorded",
+                "hosts": sorted({r.hardware.host for r in results if r.hardware and r.hardware.host}),
+                "trials": [r.number for r in results], "best": {"trial": best.number} if best else None,
+                "baseline": {"trial": own[0].number} if own else None}
 
     @property
     def model(self) -> str:
@@ -154,7 +195,8 @@ def headline(data: ReportData) -> Headline:
         return Headline("No config met the constraints", [f"Nothing was exported.{detail}"], False)
     m = best.measurement
     is_baseline = base is not None and base.number == best.number
-    lines = [f"Chosen ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
+    chosen = "Best on this hardware" if data.group_label else "Chosen"
+    lines = [f"{chosen} ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
              + (f" This is the model's own config: no measured config was "
                 f"{'faster' if data.objective == 'throughput' else 'more efficient'}." if is_baseline else "")]
     tie = False
@@ -181,24 +223,61 @@ def headline(data: ReportData) -> Headline:
         lines.append(f"p99 latency: {m.p99_ms.mean:.2f} ± {_ci(m.p99_ms.ci95):.2f} ms vs {b.p99_ms.mean:.2f} ± "
                      f"{_ci(b.p99_ms.ci95):.2f} ms ({m.p99_ms.mean - b.p99_ms.mean:+.2f} ms).")
     elif chosen_e is not None:
-        lines.append(f"Energy: {chosen_e[0]:.3f} mJ per inference ({source}); the baseline was not measured.")
+        missing = ("the baseline was not measured on this hardware, so no saving is given (joules on other hardware "
+                   "do not compare)" if data.group_label else "the baseline was not measured")
+        lines.append(f"Energy: {chosen_e[0]:.3f} mJ per inference ({source}); {missing}.")
     load = data.summary.get("load") or {}
     lines.append(f"Every config was measured under the same load: {load_words(load)}.")
     yearly = annual_sentence(data.summary)
     if yearly:
         lines.append(f"Per year: {yearly}")
+    who = data.group_label or data.model
     if is_baseline:
-        title = f"{data.model}: keep the model's own config (trial {best.number}); nothing measured beat it"
+        title = f"{who}: keep the model's own config (trial {best.number}); nothing measured beat it"
     elif base is not None and base.measurement is not None and chosen_e is not None and saved >= 0 and tie:
-        title = (f"{data.model}: trial {best.number} measured {saved:.3f} mJ per inference ({percent:.1f}%) below "
+        title = (f"{who}: trial {best.number} measured {saved:.3f} mJ per inference ({percent:.1f}%) below "
                  "the baseline, within the spread: a tie")
     elif base is not None and base.measurement is not None and chosen_e is not None and saved >= 0:
-        title = f"{data.model}: trial {best.number} saves {saved:.3f} mJ per inference ({percent:.1f}%)"
+        title = f"{who}: trial {best.number} saves {saved:.3f} mJ per inference ({percent:.1f}%)"
     elif data.objective == "throughput":
-        title = f"{data.model}: trial {best.number} is the fastest feasible config"
+        title = f"{who}: trial {best.number} is the fastest feasible config"
     else:
-        title = f"{data.model}: trial {best.number} is the most efficient feasible config"
+        title = f"{who}: trial {best.number} is the most efficient feasible config"
     return Headline(title, lines, tie)
+
+
+def hardware_line(data: ReportData) -> str | None:
+    """'GPU NVIDIA H100 80GB HBM3, meters nvml (driver 550.54; host gpu-1)': the hardware every trial ran on."""
+    known = [r.hardware for r in data.results if r.hardware is not None]
+    if not known:
+        return None
+    drivers = sorted({h.gpu_driver for h in known if h.gpu_driver})
+    hosts = sorted({h.host for h in known if h.host})
+    host_words = f"host {', '.join(hosts)}" if len(hosts) <= 3 else f"{len(hosts)} hosts"
+    extra = ([f"driver {', '.join(drivers)}"] if drivers else []) + ([host_words] if hosts else [])
+    return known[0].label() + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def hardware_headline(data: ReportData, views: list[ReportData]) -> Headline:
+    """Trials on more than one hardware group: say they do not compare, and name each group's best."""
+    lines = [f"These {len(data.results)} trials were measured on {len(views)} hardware groups (GPU model + meters). "
+             "Joules measured on different GPUs or meters do not compare, so each group below has its own best config, "
+             "and a saving against the baseline is given only within the group that measured the baseline."]
+    for view in views:
+        best = view.result(view.best_number)
+        e = energy_per_inference_mj(best) if best is not None else None
+        saved = view.summary.get("savings_vs_baseline") or {}
+        what = (f"best trial {best.number} ({best.config.describe()})" + (f", {e[0]:.3f} mJ per inference" if e else "")
+                if best is not None else "no feasible config")
+        if saved.get("energy_saved_percent") is not None:
+            what += f", {saved['energy_saved_percent']:.1f}% less energy per inference than its baseline"
+        lines.append(f"{view.group_label}: {len(view.results)} trials, {what}.")
+    chosen = data.result(data.best_number)
+    if chosen is not None:
+        where = next((v.group_label for v in views if chosen in v.results), "")
+        lines.append(f"The study's overall pick, trial {chosen.number} on {where}, was chosen across groups; "
+                     "prefer the best of the group that matches your serving hardware.")
+    return Headline(f"{data.model}: measured on {len(views)} hardware groups that do not compare", lines, False)
 
 
 def annual_sentence(summary: dict[str, Any]) -> str | None:
@@ -260,7 +339,7 @@ def picks(data: ReportData) -> Picks:
         assert m is not None
         e = energy_per_inference_mj(r)
         watts = mean_power_w(m)
-        chosen = " (exported)" if r.number == data.best_number else ""
+        chosen = " (exported)" if r.number == data.exported_number else ""
         return [f"{r.number}{chosen}", r.config.describe(),
                 f"{score(m):.2f} ± {_ci(m.inferences_per_j.ci95):.2f}", f"{e[0]:.3f}" if e else "–",
                 f"{m.throughput_per_s.mean:.0f} ± {_ci(m.throughput_per_s.ci95):.0f}", f"{m.p99_ms.mean:.2f}",

@@ -6,11 +6,13 @@ import html
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from tuner import paths
 from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, headline, picks
+from tuner.report.data import ReportData, energy_per_inference_mj, hardware_headline, hardware_line, headline, picks
 from tuner.report.impact_view import impact_section
 from tuner.report.words import provenance_items
 from tuner.results import KNOBS
@@ -70,9 +72,10 @@ def trials_table(data: ReportData) -> str:
     for r in data.results:
         m = r.measurement
         status = data.status(r)
-        classes = [status] + (["chosen"] if r.number == data.best_number else [])
+        classes = [status] + (["chosen"] if r.number == data.exported_number else [])
         label = str(r.number) + (" (baseline)" if r.number == data.baseline_number else "") + (
-            " (chosen)" if r.number == data.best_number else "")
+            " (chosen)" if r.number == data.exported_number else "") + (
+            " (best on this hardware)" if data.group_label and r.number == data.best_number else "")
         cells = [f'<td data-v="{r.number}">{html.escape(label)}</td>', _cell(status)]
         values = r.config.knobs()
         e = energy_per_inference_mj(r)
@@ -116,35 +119,84 @@ def provenance(data: ReportData) -> str:
     return f"<dl>{rows}</dl>" + (f"<h3>Measurement warnings</h3><ul>{warn}</ul>" if warn else "")
 
 
-def render_html(data: ReportData) -> str:
-    """The whole page."""
+class _Plots:
+    """Figures as HTML fragments; plotly's JavaScript is embedded with the first one only."""
+
+    def __init__(self) -> None:
+        self.included = False
+
+    def html(self, fig: go.Figure) -> str:
+        out = fig.to_html(full_html=False, include_plotlyjs=not self.included, config={"displaylogo": False})
+        self.included = True
+        return str(out)
+
+
+def _headline_html(data: ReportData) -> str:
     head = headline(data)
-    figures = [plots.pareto_figure(data), plots.throughput_figure(data), plots.progress_figure(data)]
-    importance = plots.importance_figure(data)
-    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
-             for i, fig in enumerate(figures + ([importance] if importance else []))]
-    importance_html = parts[3] if importance else f'<p class="muted">Parameter importance: {html.escape(data.importance_note)}.</p>'
     lines = "".join(f"<p>{html.escape(line)}</p>" for line in head.lines)
     tie = ('<p class="tie">Within the measurement spread of the baseline: a tie, not a proven saving.</p>'
            if head.tie else "")
     ties = data.summary.get("ties_with_best") or []
     tie_note = (f'<p class="muted">Trials statistically tied with the chosen one (95% CIs overlap): '
                 f'{html.escape(", ".join(map(str, ties)))}.</p>' if ties else "")
+    level = "h3" if data.group_label else "h2"
+    return (f'<section class="headline{"" if data.best_number is not None else " none"}"><{level} style="border:0;'
+            f'margin:0 0 8px">{html.escape(head.title)}</{level}>{lines}{tie}{tie_note}</section>')
+
+
+def _results_html(data: ReportData, plots_html: _Plots, level: str) -> str:
+    """Picks, impact, Pareto front and the trials table: everything that compares the trials' joules."""
+    pareto, throughput = plots_html.html(plots.pareto_figure(data)), plots_html.html(plots.throughput_figure(data))
+    return f"""<{level}>Most efficient vs fastest feasible config</{level}>{picks_table(data)}
+<{level}>Energy, carbon and cost at your traffic</{level}>{impact_section(data)}
+<{level}>Pareto front</{level}>
+<div class="grid"><div class="card">{pareto}</div><div class="card">{throughput}</div></div>
+<{level}>All trials</{level}><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>
+{trials_table(data)}"""
+
+
+def _group_section(view: ReportData, index: int, plots_html: _Plots) -> str:
+    """One hardware group: its own headline, picks, impact, plots and trials, compared with nothing outside it."""
+    group = view.summary.get("hardware_group") or {}
+    hosts = ", ".join(group.get("hosts") or []) or "not recorded"
+    drivers = ", ".join(group.get("gpu_drivers") or []) or "none recorded"
+    return (f'<section class="hardware-group"><h2>Hardware group {index}: {html.escape(view.group_label)}</h2>'
+            f'<p class="muted">{len(view.results)} trials; hosts: {html.escape(hosts)}; GPU drivers: '
+            f'{html.escape(drivers)}. Compared only with each other.</p>{_headline_html(view)}'
+            f'{_results_html(view, plots_html, "h3")}'
+            f'<h3>Search progress</h3><div class="card">{plots_html.html(plots.progress_figure(view))}</div></section>')
+
+
+def render_html(data: ReportData) -> str:
+    """The whole page: one section per hardware group when the trials span more than one (they do not compare)."""
+    plots_html = _Plots()
+    views = data.hardware_views()
+    if views:
+        head = hardware_headline(data, views)
+        lines = "".join(f"<p>{html.escape(line)}</p>" for line in head.lines)
+        top = (f'<section class="headline mixed-hardware"><h2 style="border:0;margin:0 0 8px">'
+               f'{html.escape(head.title)}</h2>{lines}</section>')
+        body = "".join(_group_section(view, i, plots_html) for i, view in enumerate(views, 1))
+        search = ""
+    else:
+        top = _headline_html(data)
+        body = _results_html(data, plots_html, "h2")
+        search = f'<div class="card">{plots_html.html(plots.progress_figure(data))}</div>'
+    importance = plots.importance_figure(data)
+    importance_html = (plots_html.html(importance) if importance else
+                       f'<p class="muted">Parameter importance: {html.escape(data.importance_note)}.</p>')
+    hardware = hardware_line(data)
+    hardware_html = f" · hardware: {html.escape(hardware)}" if hardware and not views else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>greentune report: {html.escape(data.model)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><main>
 <h1>greentune report: {html.escape(data.model)}</h1>
 <p class="muted">{len(data.results)} configs measured · stop: {html.escape(str(data.summary.get('stop_reason')))} ·
-energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}</p>
-<section class="headline{'' if data.best_number is not None else ' none'}"><h2 style="border:0;margin:0 0 8px">{html.escape(head.title)}</h2>{lines}{tie}{tie_note}</section>
-<h2>Most efficient vs fastest feasible config</h2>{picks_table(data)}
-<h2>Energy, carbon and cost at your traffic</h2>{impact_section(data)}
-<h2>Pareto front</h2>
-<div class="grid"><div class="card">{parts[0]}</div><div class="card">{parts[1]}</div></div>
-<h2>All trials</h2><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>
-{trials_table(data)}
-<h2>Search</h2><div class="grid"><div class="card">{parts[2]}</div><div class="card">{importance_html}</div></div>
+energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}{hardware_html}</p>
+{top}
+{body}
+<h2>Search</h2><div class="grid">{search}<div class="card">{importance_html}</div></div>
 <h2>Provenance</h2>{provenance(data)}
 </main><script>{SORT_JS}</script></body></html>
 """

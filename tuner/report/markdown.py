@@ -10,7 +10,7 @@ from tuner.fileio import atomic_write
 from tuner.model_config import ModelConfig, apply_trial, to_text
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, headline, picks
+from tuner.report.data import ReportData, energy_per_inference_mj, hardware_headline, hardware_line, headline, picks
 
 TOP_COUNT = 5
 
@@ -31,40 +31,59 @@ def config_diff(data: ReportData) -> str | None:
     return "\n".join(lines)
 
 
-def render_markdown(data: ReportData, png_name: str | None) -> str:
-    """The Markdown body."""
+def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[str]:
+    """Headline, both picks and the top configs: everything that compares the trials' joules."""
     head = headline(data)
-    out = [f"## greentune: {head.title}", ""]
+    out = [f"{level} {title}{head.title}", ""]
     out += [f"- {line}" for line in head.lines]
     if head.tie:
         out.append("- **Within the measurement spread of the baseline: a tie, not a proven saving.**")
     both = picks(data)
-    out += ["", "### Most efficient vs fastest feasible config", ""]
+    out += ["", f"{level}# Most efficient vs fastest feasible config", ""]
     if both.rows:
         out += ["| | most efficient | fastest |", "|---|---|---|"]
         out += [f"| {label} | {a} | {b} |" for label, a, b in both.rows]
         out.append("")
     out.append(both.sentence)
-    out += ["", f"### Top configs ({len(data.ranked())} feasible of {len(data.results)} measured)", "",
+    out += ["", f"{level}# Top configs ({len(data.ranked())} feasible of {len(data.results)} measured)", "",
             "| trial | config | infer/J (95% CI) | mJ / inference | throughput (infer/s) | p99 (ms) | memory (MB) |",
             "|---|---|---|---|---|---|---|"]
     for r in data.ranked()[:TOP_COUNT]:
         m = r.measurement
         assert m is not None
         e = energy_per_inference_mj(r)
-        marks = " (chosen)" if r.number == data.best_number else ""
+        marks = " (chosen)" if r.number == data.exported_number else ""
+        marks += " (best on this hardware)" if data.group_label and r.number == data.best_number else ""
         marks += " (baseline)" if r.number == data.baseline_number else ""
         ci = m.inferences_per_j.ci95
         out.append(f"| {r.number}{marks} | {r.config.describe()} | {score(m):.2f} ± {ci if ci == ci else 0:.2f} | "
                    f"{e[0] if e else float('nan'):.3f} | {m.throughput_per_s.mean:.0f} | {m.p99_ms.mean:.2f} | "
                    f"{m.memory_mb or float('nan'):.0f} |")
     sources = ", ".join(data.summary.get("energy_sources") or [])
-    out += ["", f"Energy source: {sources}. Memory: {_memory_source(data)}."]
+    return out + ["", f"Energy source: {sources}. Memory: {_memory_source(data)}."]
+
+
+def render_markdown(data: ReportData, png_name: str | None) -> str:
+    """The Markdown body: one section per hardware group when the trials span more than one (they do not compare)."""
+    views = data.hardware_views()
+    if views:
+        head = hardware_headline(data, views)
+        out = [f"## greentune: {head.title}", "", *[f"- {line}" for line in head.lines]]
+        for i, view in enumerate(views, 1):
+            hosts = ", ".join((view.summary.get("hardware_group") or {}).get("hosts") or []) or "not recorded"
+            out += ["", *_compared(view, "###", f"Hardware group {i}: ")]
+            out.append(f"Hosts: {hosts}. Compared only with the trials of this group.")
+    else:
+        out = _compared(data, "##")
+        hardware = hardware_line(data)
+        if hardware:
+            out.append(f"Hardware: {hardware}.")
     diff = config_diff(data)
     if diff:
         out += ["", "### config.pbtxt change", "", "```diff", diff, "```"]
     if png_name:
-        out += ["", f"![Pareto front: inferences per joule vs p99]({png_name})"]
+        shown = data.chosen_view().group_label
+        out += ["", f"![Pareto front: inferences per joule vs p99{' on ' + shown if shown else ''}]({png_name})"]
     out += ["", f"<sub>{data.summary.get('environment', {}).get('command_line', '')}</sub>", ""]
     return "\n".join(out)
 
@@ -77,6 +96,6 @@ def _memory_source(data: ReportData) -> str:
 def write_markdown_report(data: ReportData) -> list[Path]:
     """Write OUTPUT/report.md and OUTPUT/pareto.png."""
     _, path, png_path = paths.report_paths(data.output_dir)
-    png = plots.pareto_png(data, png_path) if data.results else None
+    png = plots.pareto_png(data.chosen_view(), png_path) if data.results else None  # mixed hardware: one group
     atomic_write(path, render_markdown(data, png.name if png else None))
     return [path] + ([png] if png else [])

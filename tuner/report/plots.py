@@ -177,7 +177,8 @@ def pareto_png(data: ReportData, path: Path) -> Path:
     source = ", ".join(data.summary.get("energy_sources") or []) or "unknown"
     ax.set_xlabel("p99 latency (ms)")
     ax.set_ylabel(f"inferences per joule ({source})")
-    ax.set_title(f"{data.model}: energy efficiency vs p99 (bars: 95% CI)")
+    where = f" on {data.group_label}" if data.group_label else ""
+    ax.set_title(f"{data.model}{where}: energy efficiency vs p99 (bars: 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
