@@ -44,6 +44,8 @@ def impact_section(data: ReportData) -> str:
             continue
         m, row, year = result.measurement, per_million.get(number) or {}, configs.get(role) or {}
         energy_mj = m.energy_per_inference_j * 1000 if m.energy_per_inference_j else None
+        if role == "chosen" and data.group_label and number != data.exported_number:
+            label = "best on this hardware (most inferences per joule)"
         cells = [label, str(number), _num(energy_mj), _num(m.throughput_per_s.mean),
                  _num(row.get("energy_kwh_per_million"))]
         cells += [_num(row.get("carbon_g_per_million"))] * carbon + [_num(row.get("energy_cost_per_million"))] * price

@@ -68,10 +68,12 @@ def _scatter(data: ReportData, x_of: Any, x_err: Any, x_title: str, title: str) 
 
 
 def _marked(data: ReportData) -> list[tuple[int | None, str, str]]:
-    """Points to mark: the baseline and the chosen config (one mark when they are the same trial)."""
+    """Points to mark: the baseline and the chosen config (one mark when they are the same trial); in a hardware
+    group's view, the group's best."""
+    chosen = "best here" if data.group_label and data.best_number != data.exported_number else "chosen"
     if data.best_number is not None and data.best_number == data.baseline_number:
-        return [(data.best_number, "chosen = baseline", "star-open")]
-    return [(data.baseline_number, "baseline", "square-open"), (data.best_number, "chosen", "star-open")]
+        return [(data.best_number, f"{chosen} = baseline", "star-open")]
+    return [(data.baseline_number, "baseline", "square-open"), (data.best_number, chosen, "star-open")]
 
 
 def _constraint_line(fig: go.Figure, data: ReportData, limit: float | None, label: str, x_values: list[float]) -> None:
