@@ -269,8 +269,9 @@ def hardware_headline(data: ReportData, views: list[ReportData]) -> Headline:
         saved = view.summary.get("savings_vs_baseline") or {}
         what = (f"best trial {best.number} ({best.config.describe()})" + (f", {e[0]:.3f} mJ per inference" if e else "")
                 if best is not None else "no feasible config")
-        if saved.get("energy_saved_percent") is not None:
-            what += f", {saved['energy_saved_percent']:.1f}% less energy per inference than its baseline"
+        percent = saved.get("energy_saved_percent")
+        if percent is not None:
+            what += f", {abs(percent):.1f}% {'less' if percent >= 0 else 'more'} energy per inference than its baseline"
         lines.append(f"{view.group_label}: {len(view.results)} trials, {what}.")
     chosen = data.result(data.best_number)
     if chosen is not None:
