@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tuner.load import LoadSpec  # noqa: E402
-from tuner.measure import InputSource, MeasureSettings, load_trial, measure_loaded  # noqa: E402
+from tuner.measure import InputSource, MeasureContext, MeasureSettings, load_trial, measure_loaded  # noqa: E402
 from tuner.meters.select import select_meters  # noqa: E402
 from tuner.model_config import load_model_config, parse_set_options  # noqa: E402
 from tuner.server import LocalLauncher, control  # noqa: E402
@@ -55,14 +55,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, LocalLauncher(ready_timeout_s=180, gpus=gpus).start(
             args.model_repository, Path(tmp)) as server:
         meters = select_meters(server, args.energy_meter, None, gpus)
-        samples = load_trial(server, args.model, base, trial, InputSource({}))
+        ctx = MeasureContext(server, args.model, base, InputSource({}), meters, settings)
+        samples = load_trial(ctx, trial)
         version = control.server_version(server)
         for concurrency in concurrencies:
             row: dict[str, object] = {"concurrency": concurrency}
             order = ("perf_analyzer", "builtin") if len(rows) % 2 == 0 else ("builtin", "perf_analyzer")
             for engine in order:  # alternated, so a drift of the shared machine does not favour one engine
-                m = measure_loaded(server, args.model, trial, LoadSpec(concurrency=concurrency, engine=engine),
-                                   samples, meters, settings)
+                m = measure_loaded(ctx, trial, LoadSpec(concurrency=concurrency, engine=engine), samples)
                 row[engine] = {"throughput_per_s": m.throughput_per_s.mean, "p99_ms": m.p99_ms.mean,
                                "inferences_per_j": m.inferences_per_j.mean, "energy_source": m.energy_source,
                                "stable": m.stable, "windows": len(m.windows), "warnings": list(m.warnings)}

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +14,8 @@ import pytest
 
 from tuner.engines import RequestRecords, bin_window, resolve_engine
 from tuner.engines.builtin import _Recorder, shares, worker_count
-from tuner.engines.perf_analyzer import input_data_document, parse_export
-from tuner.errors import BadInput
+from tuner.engines.perf_analyzer import PerfAnalyzerEngine, input_data_document, parse_export
+from tuner.errors import BadInput, LoadGenerationError
 from tuner.inputs import InputSpec, load_input_data, synthetic_samples
 from tuner.load import LoadSpec
 from tuner.measure import count_warnings
@@ -151,3 +155,29 @@ def test_a_tritonclient_wheel_whose_sha256_is_not_pinned_is_refused_for_perf_ana
     wheel.write_bytes(b"not the wheel from PyPI")
     with pytest.raises(pa_install.PerfAnalyzerUnavailable, match="does not match the pinned"):
         check_sha256(wheel, pa_install.PINNED_SHA256, pa_install.PerfAnalyzerUnavailable, "give --perf-analyzer PATH")
+
+
+def _stubborn(tmp_path: Path, body: str) -> PerfAnalyzerEngine:
+    """An engine around a child that ignores SIGINT like perf_analyzer writing its export, then runs `body`."""
+    engine = PerfAnalyzerEngine.__new__(PerfAnalyzerEngine)
+    engine._dir = tmp_path
+    engine._proc = subprocess.Popen([sys.executable, "-c", f"import signal, time\n"
+                                     f"signal.signal(signal.SIGINT, signal.SIG_IGN)\n{body}"])
+    return engine
+
+
+def test_stop_waits_while_perf_analyzer_is_busy_writing_and_kills_it_once_it_stalls(tmp_path: Path) -> None:
+    busy = _stubborn(tmp_path / "busy", "end = time.time() + 3\nwhile time.time() < end: pass")
+    time.sleep(0.3)
+    busy._proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    busy._wait_stopped(stall_s=1.0, limit_s=30.0)  # 3 s of CPU work: longer than the stall limit, still waited for
+    assert busy._proc.returncode == 0 and time.monotonic() - started >= 2.0
+
+    stuck = _stubborn(tmp_path / "stuck", "time.sleep(60)")
+    time.sleep(0.3)
+    stuck._proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    with pytest.raises(LoadGenerationError, match="used no CPU for 1 s"):
+        stuck._wait_stopped(stall_s=1.0, limit_s=30.0)
+    assert stuck._proc.poll() is not None and time.monotonic() - started < 10  # killed, not left behind

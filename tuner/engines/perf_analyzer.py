@@ -17,9 +17,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from tuner.engines.pa_install import find_perf_analyzer
 from tuner.engines.records import RequestRecords
@@ -29,9 +31,12 @@ from tuner.load import LoadSpec
 
 INTERVAL_MS = 250  # how often perf_analyzer looks at its SIGINT flag
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 60.0
-# One request in the export: {"timestamp":N,"request_inputs":{...},"response_timestamps":[N,...],...}
-RECORD = re.compile(rb'"timestamp":(\d+),.*?"response_timestamps":\[([0-9,]*)\]', re.DOTALL)
+STOP_STALL_S = 60.0  # after SIGINT: give up when perf_analyzer has used no CPU for this long...
+STOP_LIMIT_S = 1800.0  # ...or after this long in all (it writes every tensor it sent: gigabytes on a fast GPU)
+# One request in the export: {"timestamp":N,"request_inputs":{...},"response_timestamps":[N,...],...}; the tensors
+# between the keys are most of the bytes (inside JSON strings a quote is escaped, so the keys cannot occur there).
+SENT_KEY = b'"timestamp":'
+RESPONSES_KEY = b'"response_timestamps":['
 STARTED = re.compile(r"^(Request concurrency|Request Rate): ", re.MULTILINE)
 
 
@@ -49,16 +54,14 @@ def parse_export(path: Path, request_timeout_s: float | None = None) -> RequestR
     """
     timeout_ns = int(request_timeout_s * 1e9) if request_timeout_s is not None else None
     errors: list[str] = []
+    send: list[int] = []
+    done: list[int] = []
+    ok: list[bool] = []
     with open(path, "rb") as handle:
         if os.fstat(handle.fileno()).st_size == 0:
             return RequestRecords()
         with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
-            send: list[int] = []
-            done: list[int] = []
-            ok: list[bool] = []
-            for match in RECORD.finditer(view):  # type: ignore[call-overload]
-                responses = match.group(2)
-                sent = int(match.group(1))
+            for sent, responses in _scan_records(view):
                 send.append(sent)
                 if not responses:
                     done.append(sent)
@@ -76,6 +79,27 @@ def parse_export(path: Path, request_timeout_s: float | None = None) -> RequestR
                 done.append(last)
                 ok.append(True)
     return RequestRecords(np.array(send, np.int64), np.array(done, np.int64), np.array(ok, np.bool_), tuple(errors))
+
+
+def _scan_records(view: mmap.mmap) -> Iterator[tuple[int, bytes]]:
+    """(send ns, the response-timestamp list's bytes) per request, by C-speed substring search past the tensors
+    (a regex over them ran at ~70 MB/s; an H100 trial's export is gigabytes)."""
+    find, pos = view.find, 0
+    while (key := find(SENT_KEY, pos)) >= 0:
+        start = key + len(SENT_KEY)
+        end = start
+        while view[end] in DIGITS:
+            end += 1
+        listed = find(RESPONSES_KEY, end)
+        if listed < 0:
+            raise LoadGenerationError(f"perf_analyzer's export: a request at byte {key} has no response_timestamps")
+        first = listed + len(RESPONSES_KEY)
+        last = find(b"]", first)
+        yield int(view[start:end]), view[first:last]
+        pos = last
+
+
+DIGITS = frozenset(b"0123456789")
 
 
 def input_data_document(samples: list[Sample], batching: bool) -> dict[str, object]:
@@ -151,18 +175,33 @@ class PerfAnalyzerEngine:
         try:
             if self._proc.poll() is None:
                 self._proc.send_signal(signal.SIGINT)
-                try:
-                    self._proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    self._kill()
-                    raise LoadGenerationError(f"perf_analyzer did not stop within {STOP_TIMEOUT_S:.0f} s "
-                                              f"of SIGINT") from None
+                self._wait_stopped()
             if self._proc.returncode != 0 or not self._export.exists():
                 raise LoadGenerationError(f"perf_analyzer exited with code {self._proc.returncode} and "
                                           f"{'no' if not self._export.exists() else 'an'} export: {self._tail()}")
             return parse_export(self._export, self._request_timeout_s)
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _wait_stopped(self, stall_s: float = STOP_STALL_S, limit_s: float = STOP_LIMIT_S) -> None:
+        """Wait for the exit after SIGINT while perf_analyzer is working (its CPU time grows: on an H100 at ~11k
+        infer/s it spent over a minute writing a multi-GB export); kill it once it stalls or overruns."""
+        started = last_progress = time.monotonic()
+        cpu = _cpu_seconds(self._proc.pid)
+        while True:
+            try:
+                self._proc.wait(min(2.0, stall_s))
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            now, used = time.monotonic(), _cpu_seconds(self._proc.pid)
+            if used > cpu:
+                cpu, last_progress = used, now
+            if now - last_progress >= stall_s or now - started >= limit_s:
+                self._kill()
+                why = (f"used no CPU for {stall_s:.0f} s" if now - last_progress >= stall_s
+                       else f"was still writing after {limit_s:.0f} s")
+                raise LoadGenerationError(f"perf_analyzer did not stop after SIGINT: it {why}")
 
     def _kill(self) -> None:
         if self._proc.poll() is None:
@@ -179,6 +218,15 @@ class PerfAnalyzerEngine:
     def _tail(self) -> str:
         lines = [line for line in self._log_text().splitlines() if line.strip()]
         return " | ".join(lines[-3:]) or "no output"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(times.user + times.system)
 
 
 def _max_batch_size(grpc_url: str, model: str) -> int:
