@@ -22,6 +22,18 @@ def test_trials_csv_has_a_column_per_knob():
     assert list(frame.columns[2:2 + len(KNOBS)]) == list(KNOBS)
 
 
+def test_trials_csv_names_the_load_engine_of_each_measurement():
+    from tests.unit.test_search_loop import fake_measurement
+
+    results = [TrialResult(n, TrialConfig(instance_count=n + 1),
+                           fake_measurement(TrialConfig(instance_count=n + 1), 20.0,
+                                            {"mode": "concurrency", "concurrency": 32, "engine": engine}))
+               for n, engine in enumerate(["perf_analyzer", "builtin"])]
+    frame = trials_frame(results, None)
+    assert frame["load_engine"].tolist() == ["perf_analyzer", "builtin"]
+    assert frame["concurrency"].tolist() == [32, 32]
+
+
 def test_space_schema_reads_types_ranges_and_conditions_from_the_table():
     assert IMPLIED_CONDITION == {"max_queue_delay_microseconds": "dynamic_batching",
                                  "preferred_batch_size": "dynamic_batching"}
