@@ -181,3 +181,18 @@ def test_stop_waits_while_perf_analyzer_is_busy_writing_and_kills_it_once_it_sta
     with pytest.raises(LoadGenerationError, match="used no CPU for 1 s"):
         stuck._wait_stopped(stall_s=1.0, limit_s=30.0)
     assert stuck._proc.poll() is not None and time.monotonic() - started < 10  # killed, not left behind
+
+
+def test_the_export_goes_to_tmpfs_only_where_it_has_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import tempfile
+    from collections import namedtuple
+
+    from tuner.engines import perf_analyzer as pa
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 << 20, 0, 64 << 20))  # a container's default
+    assert pa.export_dir() == Path(tempfile.gettempdir())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(64 << 30, 0, 32 << 30))
+    monkeypatch.setattr(pa.os, "access", lambda path, mode: True)
+    assert pa.export_dir() == Path("/dev/shm")

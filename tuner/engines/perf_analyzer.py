@@ -40,10 +40,17 @@ RESPONSES_KEY = b'"response_timestamps":['
 STARTED = re.compile(r"^(Request concurrency|Request Rate): ", re.MULTILINE)
 
 
+EXPORT_TMPFS_MIN_FREE_BYTES = 2 << 30  # a container's 64 MB /dev/shm would cut a fast trial's export short
+
+
 def export_dir() -> Path:
-    """tmpfs where there is one (/dev/shm), else the system temp dir."""
+    """tmpfs (/dev/shm) where there is one with room to spare, else the system temp dir."""
     shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+    try:
+        roomy = shutil.disk_usage(shm).free >= EXPORT_TMPFS_MIN_FREE_BYTES
+    except OSError:
+        return Path(tempfile.gettempdir())
+    return shm if roomy and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
 def parse_export(path: Path, request_timeout_s: float | None = None) -> RequestRecords:
