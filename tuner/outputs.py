@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from tuner import paths
+from tuner.errors import StorageError
 from tuner.fileio import atomic_path
 from tuner.impact import ImpactInputs, annual_summary, impact_summary, trial_per_million
 from tuner.model_config import to_text
@@ -231,8 +232,15 @@ def _per_million_columns(result: TrialResult, impact: ImpactInputs) -> dict[str,
 
 
 def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
-    """Write summary.json and trials.csv atomically."""
-    write_json(paths.summary_path(job.output), summary_document(job, outcome, exported))
-    frame = trials_frame(outcome.results, outcome.baseline, job.impact)
-    with atomic_path(paths.trials_csv_path(job.output)) as tmp:
-        frame.to_csv(tmp, index=False)
+    """Write summary.json and trials.csv atomically; a full disk or a lost folder is one line naming the file (the
+    trials themselves are already saved, so --resume rebuilds both)."""
+    target = paths.summary_path(job.output)
+    try:
+        write_json(target, summary_document(job, outcome, exported))
+        frame = trials_frame(outcome.results, outcome.baseline, job.impact)
+        target = paths.trials_csv_path(job.output)
+        with atomic_path(target) as tmp:
+            frame.to_csv(tmp, index=False)
+    except OSError as exc:
+        raise StorageError(f"cannot write {target}: {exc.strerror or exc}; search stopped (every finished trial is "
+                           f"saved: --resume continues)") from None

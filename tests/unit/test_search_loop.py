@@ -320,3 +320,15 @@ def test_each_stopping_rule_and_its_message():
     for _ in range(MAX_CONSECUTIVE_FAILURES):
         measured(failures, failed=True)
     assert failures.reason() == f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed (see failure_reason in trials.csv)"
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
+    from tuner.errors import StorageError
+    from tuner.outputs import write_outputs
+    from tuner.study import SearchOutcome
+
+    (tmp_path / "out").write_text("a file where the output folder should be")
+    job = make_job(tmp_path / "out")
+    outcome = SearchOutcome(results=[], baseline=None, best=None, stop_reason="", storage_url="", study_name="s")
+    with pytest.raises(StorageError, match=rf"^cannot write {tmp_path / 'out' / 'summary.json'}: .*; search stopped"):
+        write_outputs(job, outcome)
