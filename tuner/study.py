@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -38,6 +39,8 @@ from tuner.storage import HEARTBEAT_ATTR, Heartbeat, beating, open_storage, quie
 
 # What a failed save looks like: the file system, or the study's database (Optuna wraps most of its errors).
 STORAGE_ERRORS = (OSError, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError)
+DISK_FULL_ERRORS = (OSError, sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError)
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # an OSError only stops the search as storage if one of these
 REPEATED_ATTR = "repeated"  # study attribute: trial number -> its pooled --repeats result
 
 
@@ -378,7 +381,17 @@ class Search:
         self.measured_here: list[int] = []  # trial numbers this process measured (a shared study has others')
 
     def run(self, bench: TrialBench) -> SearchOutcome:
-        """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs."""
+        """Until a stopping rule fires: ask, dedupe, measure, tell, persist; then --repeats on the top configs.
+        A full disk (or a study the database refuses) anywhere in the loop stops it with one line; what finished
+        is saved."""
+        try:
+            return self._run(bench)
+        except DISK_FULL_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno not in DISK_FULL_ERRNOS:
+                raise
+            raise _storage_error(f"to {self.job.output}", exc) from None
+
+    def _run(self, bench: TrialBench) -> SearchOutcome:
         study, outcome = self.open()
         if self.settings.shared:
             return self._run_shared(study, outcome, bench)
@@ -665,5 +678,6 @@ def _reuse(earlier: TrialResult, number: int) -> TrialResult:
 
 def _storage_error(what: str, exc: BaseException) -> StorageError:
     if isinstance(exc, OSError):
-        return StorageError(f"cannot save {what}: {exc.filename or ''} {exc.strerror}; search stopped")
+        where = f"{exc.filename}: " if exc.filename else ""
+        return StorageError(f"cannot save {what}: {where}{exc.strerror or exc}; search stopped")
     return StorageError(f"cannot save {what} to the study: {str(exc).splitlines()[0]}; search stopped")

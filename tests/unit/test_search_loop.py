@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import optuna
 import pytest
@@ -264,7 +265,7 @@ def test_a_storage_failure_stops_the_search_but_a_bug_is_not_called_one(tmp_path
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(tuner.study, "write_json", disk_full)
-    with pytest.raises(StorageError, match=r"cannot save trial 0: .*trial-0000.json No space left on device"):
+    with pytest.raises(StorageError, match=r"cannot save trial 0: .*trial-0000.json: No space left on device"):
         Search(make_job(tmp_path / "a"), SearchSettings(trials=2)).run(FakeBench())
 
     def bug(path, document):
@@ -323,7 +324,6 @@ def test_each_stopping_rule_and_its_message():
 
 
 def test_a_summary_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
-    from tuner.errors import StorageError
     from tuner.outputs import write_outputs
     from tuner.study import SearchOutcome
 
@@ -332,3 +332,23 @@ def test_a_summary_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
     outcome = SearchOutcome(results=[], baseline=None, best=None, stop_reason="", storage_url="", study_name="s")
     with pytest.raises(StorageError, match=rf"^cannot write {tmp_path / 'out' / 'summary.json'}: .*; search stopped"):
         write_outputs(job, outcome)
+
+
+def test_a_full_disk_anywhere_in_the_loop_stops_the_search_with_one_line(tmp_path):
+    import errno
+
+    class FullDisk(FakeBench):
+        def __init__(self, err: int):
+            super().__init__()
+            self.err = err
+
+        def measure(self, config, number):
+            if number == 1:
+                raise OSError(self.err, os.strerror(self.err))
+            return super().measure(config, number)
+
+    with pytest.raises(StorageError, match=rf"^cannot save to {tmp_path / 'a'}: No space left on device; search stopped"):
+        Search(make_job(tmp_path / "a"), SearchSettings(trials=3)).run(FullDisk(errno.ENOSPC))
+    assert paths.trial_record_path(tmp_path / "a", 0).exists()  # what finished is saved
+    with pytest.raises(FileNotFoundError):  # any other OSError is not called a storage failure
+        Search(make_job(tmp_path / "b"), SearchSettings(trials=3)).run(FullDisk(errno.ENOENT))
