@@ -680,4 +680,5 @@ def _storage_error(what: str, exc: BaseException) -> StorageError:
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return StorageError(f"cannot save {what}: {where}{exc.strerror or exc}; search stopped")
-    return StorageError(f"cannot save {what} to the study: {str(exc).splitlines()[0]}; search stopped")
+    cause = exc.__cause__ if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ else exc
+    return StorageError(f"cannot save {what} to the study: {str(cause).splitlines()[0]}; search stopped")

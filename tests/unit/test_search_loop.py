@@ -352,3 +352,16 @@ def test_a_full_disk_anywhere_in_the_loop_stops_the_search_with_one_line(tmp_pat
     assert paths.trial_record_path(tmp_path / "a", 0).exists()  # what finished is saved
     with pytest.raises(FileNotFoundError):  # any other OSError is not called a storage failure
         Search(make_job(tmp_path / "b"), SearchSettings(trials=3)).run(FullDisk(errno.ENOENT))
+
+
+def test_a_study_the_database_refuses_names_the_database_error_not_optunas_wrapper():
+    from tuner.study import _storage_error
+
+    try:
+        try:
+            raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+        except RuntimeError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as exc:
+        message = str(_storage_error("trial 1", exc))
+    assert message == "cannot save trial 1 to the study: (sqlite3.OperationalError) database or disk is full; search stopped"
