@@ -43,6 +43,12 @@ class LoadGenerationError(GreentuneError):
     """Requests failed beyond the allowed error rate, or the load could not be generated."""
 
 
+class LoadToolError(LoadGenerationError):
+    """The load tool itself failed (perf_analyzer crashed, stalled or wrote a damaged export, or could not send at the
+    asked rate): a failure of the measurement, not a property of the config, so the trial is retried once and never
+    taught to the sampler as a bad config."""
+
+
 class MeterUnavailable(GreentuneError):
     """A meter cannot run on this machine; the message says why and how to fix it."""
 
