@@ -21,10 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tuner.engines.pa_install import find_perf_analyzer  # noqa: E402
+from tuner.errors import GreentuneError, LoadToolError  # noqa: E402
+from tuner.inputs import Sample  # noqa: E402
 from tuner.load import LoadSpec  # noqa: E402
 from tuner.measure import InputSource, MeasureContext, MeasureSettings, load_trial, measure_loaded  # noqa: E402
 from tuner.meters.select import select_meters  # noqa: E402
 from tuner.model_config import load_model_config, parse_set_options  # noqa: E402
+from tuner.results import Measurement, TrialConfig  # noqa: E402
 from tuner.server import LocalLauncher, control  # noqa: E402
 
 DEFAULT_CONFIG = ("instance_count=2", "dynamic_batching=true", "max_queue_delay_microseconds=1000",
@@ -32,6 +36,13 @@ DEFAULT_CONFIG = ("instance_count=2", "dynamic_batching=true", "max_queue_delay_
 
 
 def main() -> None:
+    try:
+        run()
+    except GreentuneError as exc:  # one line, as greentune itself says it
+        sys.exit(f"error: {exc}")
+
+
+def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--model", default="mlp")
@@ -51,7 +62,8 @@ def main() -> None:
     settings = MeasureSettings(warmup_s=args.warmup, window_s=args.window, max_windows=args.max_windows,
                                stability_tolerance=0.15)
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
-    rows = []
+    find_perf_analyzer(allow_fetch=True)  # a fresh clone: fetched once (pinned, hash-checked), as `doctor --fetch` does
+    rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp, LocalLauncher(ready_timeout_s=180, gpus=gpus).start(
             args.model_repository, Path(tmp)) as server:
         meters = select_meters(server, args.energy_meter, None, gpus)
@@ -62,7 +74,7 @@ def main() -> None:
             row: dict[str, object] = {"concurrency": concurrency}
             order = ("perf_analyzer", "builtin") if len(rows) % 2 == 0 else ("builtin", "perf_analyzer")
             for engine in order:  # alternated, so a drift of the shared machine does not favour one engine
-                m = measure_loaded(ctx, trial, LoadSpec(concurrency=concurrency, engine=engine), samples)
+                m = _measure(ctx, trial, LoadSpec(concurrency=concurrency, engine=engine), samples)
                 row[engine] = {"throughput_per_s": m.throughput_per_s.mean, "p99_ms": m.p99_ms.mean,
                                "inferences_per_j": m.inferences_per_j.mean, "energy_source": m.energy_source,
                                "stable": m.stable, "windows": len(m.windows), "warnings": list(m.warnings)}
@@ -82,6 +94,15 @@ def main() -> None:
     print(f"energy: {rows[0]['builtin']['energy_source'] if rows else '-'}")  # type: ignore[index]
     if args.json:
         args.json.write_text(json.dumps({"config": trial.describe(), "machine": machine, "rows": rows}, indent=1))
+
+
+def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
+    """One measurement; a failure of the load tool (not of the config) is measured once more, as the search does."""
+    try:
+        return measure_loaded(ctx, trial, load, samples)
+    except LoadToolError as exc:
+        print(f"{load.engine} at concurrency {load.concurrency}: {exc}; measuring once more", flush=True)
+        return measure_loaded(ctx, trial, load, samples)
 
 
 def _print_row(row: dict[str, object]) -> None:

@@ -2,13 +2,15 @@
 
 Measures every config of a small reference grid once (instance_count 1-2 x max_batch_size 8/16/32 x dynamic
 batching off, or on with a queue delay of 100/400/1600 us: 24 configs, preferred sizes left unset as Triton
-advises), then runs greentune's default search (TPE) on a built-in space (--space, sliced to the same
-instance_count and max_batch_size ranges so it runs in minutes on a small machine; its other knobs are searched
-as the space defines them) with budgets of 25% and 50% of the grid, all in one run on the real embedded Triton
-server. Prints, per budget, (best inferences per joule found) / (grid's best), (wall time) / (grid's wall
-time), and how many measured configs set a preferred batch size of 1 (batching in name only).
+advises), then runs greentune's search on a built-in space (--space, sliced to the same instance_count and
+max_batch_size ranges so it runs in minutes on a small machine) with --trials each (default 10), all in one run on
+the real embedded Triton server: "before", the sampler alone (--no-first-trials --no-screening: TPE's random start),
+and "after", the defaults (first trials that batch every request in flight, screening). Prints, per run, (best
+inferences per joule found) / (grid's best), (wall time) / (grid's wall time), how many trials were screened, and
+how many measured configs had dynamic batching off.
 
 usage: python bench/search_efficiency.py [--space default] [--model mlp] [--concurrency 4] [--window 1] [--seed 0]
+                                         [--trials 10]
 """
 
 from __future__ import annotations
@@ -50,11 +52,12 @@ def sliced_space(name: str) -> str:
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def run_search(out: Path, space: Path, sampler: str, trials: int, args: argparse.Namespace) -> tuple[dict, float]:
+def run_search(out: Path, space: Path, sampler: str, trials: int, args: argparse.Namespace,
+               extra: tuple[str, ...] = ()) -> tuple[dict, float]:
     cmd = [sys.executable, "-m", "tuner", "search", "-r", str(ROOT / "model_repository"), "-m", args.model,
            "--space", str(space), "--sampler", sampler, "--trials", str(trials), "--seed", str(args.seed),
            "-c", str(args.concurrency), "--window", str(args.window), "--warmup", "1", "--idle-seconds", "1",
-           "-o", str(out)]
+           "-o", str(out), *extra]
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -86,27 +89,33 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reference, searched = work / "reference.yaml", work / "space.yaml"
         reference.write_text(REFERENCE)
         searched.write_text(sliced_space(args.space))
-        grid, grid_s = run_search(work / "grid", reference, "grid", GRID_SIZE + 1, args)
+        grid, grid_s = run_search(work / "grid", reference, "grid", GRID_SIZE + 1, args, ("--no-screening",))
         grid_best = best_ipj(grid)
         print(f"grid: {grid['trial_count']} configs measured (baseline included) in {grid_s:.0f} s; "
               f"best {grid_best:.2f} inferences/J ({', '.join(grid['energy_sources'])}), trial {grid['best']['trial']}")
-        print(f"searched space: {args.space} (sliced: instance_count 1-2, max_batch_size 8-32), TPE seed {args.seed}")
-        print("| budget | configs measured | best infer/J found / grid best | wall time / grid time | "
-              "preferred size 1 (batching in name only) |")
-        print("|---|---|---|---|---|")
-        for share in (0.25, 0.5):
-            trials = max(2, round(share * GRID_SIZE))
-            out = work / f"tpe-{share}"
-            found, seconds = run_search(out, searched, "tpe", trials, args)
+        print(f"searched space: {args.space} (sliced: instance_count 1-2, max_batch_size 8-32), TPE seed {args.seed}, "
+              f"concurrency {args.concurrency}, {args.trials} trials")
+        print("| search | best infer/J found / grid best | wall time / grid time | screened | "
+              "dynamic batching off | preferred size 1 |")
+        print("|---|---|---|---|---|---|")
+        runs = (("before: sampler alone (--no-first-trials --no-screening)", ("--no-first-trials", "--no-screening")),
+                ("after: defaults (first trials, screening)", ()))
+        for label, extra in runs:
+            out = work / label.split(":")[0]
+            found, seconds = run_search(out, searched, "tpe", args.trials, args, extra)
             measured = configs(out)
-            print(f"| {share:.0%} ({trials} trials) | {found['trial_count']} | {best_ipj(found) / grid_best:.3f} | "
-                  f"{seconds / grid_s:.3f} | {sum(map(name_only, measured))} of {len(measured)} |")
+            screened = sum(1 for p in sorted((out / "trials").glob("trial-*.json"))
+                           if (json.loads(p.read_text())["trial"].get("measurement") or {}).get("screened_reason"))
+            off = sum(1 for knobs in measured if not knobs.get("dynamic_batching"))
+            print(f"| {label} | {best_ipj(found) / grid_best:.3f} | {seconds / grid_s:.3f} | {screened} of "
+                  f"{len(measured)} | {off} of {len(measured)} | {sum(map(name_only, measured))} of {len(measured)} |")
         print("note: single measurements carry their spread (see each summary's 95% CIs); a ratio above 1 means "
               "the search measured a config near the grid's best and drew a higher value within that spread.")
 

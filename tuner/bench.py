@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from tuner.errors import LoadGenerationError, MeterUnavailable, ModelLoadError, ServerDied, ServerError
+from tuner.errors import LoadGenerationError, LoadToolError, MeterUnavailable, ModelLoadError, ServerDied, ServerError
 from tuner.events import IdleMeasuring, Progress, ServerRestarted, emit
 from tuner.load import LoadSpec
 from tuner.measure import (
@@ -31,6 +31,7 @@ from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, trial_of
 from tuner.objective import Constraints, violations
 from tuner.results import Measurement, TrialConfig, TrialResult
+from tuner.screening import Screen
 from tuner.server.base import Server, ServerLauncher
 
 MAX_SERVER_RESTARTS = 3
@@ -65,8 +66,9 @@ class TrialBench(Protocol):
     environment: dict[str, Any]
     meter_details: dict[str, Any]
 
-    def measure(self, config: TrialConfig, number: int) -> TrialResult:
-        """Measure a config under the load policy; failures come back as a failed TrialResult."""
+    def measure(self, config: TrialConfig, number: int, screen: Screen | None = None) -> TrialResult:
+        """Measure a config under the load policy, stopping early where `screen` (called after every window) gives a
+        reason; failures come back as a failed TrialResult (failure_kind "tool" when the load tool failed)."""
         ...
 
     def remeasure(self, result: TrialResult) -> TrialResult:
@@ -180,22 +182,27 @@ class Bench:
         emit(self.progress, ServerRestarted(self.server_restarts))
         self._start()
 
-    def measure(self, config: TrialConfig, number: int) -> TrialResult:
-        """Measure a config under the load policy; a refused config, failed requests or a dead server fail the trial."""
-        return self._trial(config, number, None)
+    def measure(self, config: TrialConfig, number: int, screen: Screen | None = None) -> TrialResult:
+        """Measure a config under the load policy; a refused config, failed requests or a dead server fail the trial
+        (the config's failure), a failing load tool too (the tool's). `screen` is called after every window with the
+        windows so far; a reason from it stops the measurement, which then holds those windows, marked screened."""
+        return self._trial(config, number, None, screen)
 
     def remeasure(self, result: TrialResult) -> TrialResult:
         """Measure a measured config again at the concurrency it was measured at (auto does not probe again)."""
         concurrency = result.measurement.load.get("concurrency") if result.measurement is not None else None
         return self._trial(result.config, result.number, concurrency)
 
-    def _trial(self, config: TrialConfig, number: int, concurrency: int | None) -> TrialResult:
+    def _trial(self, config: TrialConfig, number: int, concurrency: int | None,
+               screen: Screen | None = None) -> TrialResult:
         self._ensure_alive()
-        measurement, reason = None, None
+        measurement, reason, kind = None, None, "config"
         try:
-            measurement = self._measure(config, concurrency)
+            measurement = self._measure(config, concurrency, screen)
         except ServerDied as exc:
             reason = f"server died: {str(exc).splitlines()[0]}"
+        except LoadToolError as exc:
+            reason, kind = f"load tool failed: {exc}", "tool"
         except (ModelLoadError, LoadGenerationError) as exc:
             reason = str(exc)
         except MeterUnavailable as exc:
@@ -203,18 +210,19 @@ class Bench:
         except ServerError as exc:
             reason = f"server died: {str(exc).splitlines()[0]}" if not self.server.is_alive() else str(exc)
         return TrialResult(number, config, measurement, reason,
-                           violations(measurement if reason is None else None, self.constraints))
+                           violations(measurement if reason is None else None, self.constraints),
+                           failure_kind=kind if reason is not None else None)
 
-    def _measure(self, config: TrialConfig, concurrency: int | None) -> Measurement:
+    def _measure(self, config: TrialConfig, concurrency: int | None, screen: Screen | None = None) -> Measurement:
         context, load = self._ctx(), self.load
         preloaded, self._preloaded = self._preloaded, None
         if load.auto_max_p99_ms is not None and concurrency is None:
-            return measure_auto_concurrency(context, config, load.spec, load.auto_max_p99_ms)
+            return measure_auto_concurrency(context, config, load.spec, load.auto_max_p99_ms, screen=screen)
         spec = load.spec if concurrency is None or load.auto_max_p99_ms is None else replace(
             load.spec, concurrency=concurrency, request_rate_per_s=None)
         if preloaded is not None and preloaded[0] == config.key():
-            return measure_loaded(context, config, spec, preloaded[1])
-        return measure_trial(context, config, spec)
+            return measure_loaded(context, config, spec, preloaded[1], screen)
+        return measure_trial(context, config, spec, screen)
 
     def export(self, config: TrialConfig, path: Path) -> Path:
         """Load the config, answer one smoke inference, then write it to path atomically."""

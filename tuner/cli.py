@@ -182,7 +182,7 @@ def load_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="A measurement with a larger fraction of failed requests fails (with counts)."),
         click.option("--warmup", type=float, default=2.0, show_default=True, help="Warm-up seconds (not measured)."),
         click.option("--window", type=float, default=None,
-                     help="Seconds per measurement window (default 2; 10 with NVML, never below 5 with NVML)."),
+                     help="Seconds per measurement window (default 2; 5 with NVML, never below 5 with NVML)."),
         click.option("--max-windows", type=int, default=10, show_default=True,
                      help="Give up on stability after this many windows."),
         click.option("--stability", type=float, default=0.10, show_default=True,
@@ -418,6 +418,8 @@ def event_text(event: Event) -> str:
         return f"pulling {event.image}: {event.status} {event.layer}{done}"
     if isinstance(event, events.TrialsRecovered):
         return f"{event.count} trial(s) interrupted by an earlier run will be retried"
+    if isinstance(event, events.TrialRetried):
+        return f"trial {event.number}: {event.reason}; measuring it once more (a failure of the tool, not the config)"
     return f"trial {event.result.number} finished"
 
 
@@ -454,6 +456,13 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                       show_default=True, help="Maximise inferences per joule, or infer/s (both under the constraints); "
                                               "the export is this objective's pick, the outputs show both picks."),
         click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
+        click.option("--first-trials/--no-first-trials", default=True, show_default=True,
+                     help="Right after the baseline, measure dynamic batching with a max batch of at least the "
+                          "requests in flight at 1-3 instances, before the sampler's random start."),
+        click.option("--screening/--no-screening", default=True, show_default=True,
+                     help="Stop a trial early once its windows are worse than the best trial's beyond the measured "
+                          "spread, or p99 is over twice --max-p99-ms, or memory over --max-memory-mb (labelled "
+                          "screened; never the pick)."),
         click.option("--storage", default=None, metavar="URL",
                       help="Optuna storage: sqlite:///, postgresql://, mysql:// or journal:///path/file (default: "
                            "OUTPUT/study.db)."),
@@ -525,8 +534,8 @@ def search(**flags: Any) -> None:
                                  f"({best.measurement.energy_source})")
             bar.update(task, completed=event.measured, description=f"best: {state['best']}")
             bar.console.print(trial_line(event.result), highlight=False)
-        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
-            bar.console.print(f"[yellow]{status_text(event)}[/]")
+        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered, events.TrialRetried)):
+            bar.console.print(f"[yellow]{status_text(event)}[/]", highlight=False)
 
     with bar:
         if flags["parallel"] == 1:
@@ -577,7 +586,8 @@ def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
                               storage=flags["storage"], resume=flags.get("resume", False),
                               repeats=flags.get("repeats", 1), study=flags["study"],
                               heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]),
-                              allow_mixed_hardware=flags["allow_mixed_hardware"])
+                              allow_mixed_hardware=flags["allow_mixed_hardware"],
+                              screening=flags.get("screening", True), first_trials=flags.get("first_trials", True))
     from tuner.results import ensure_writable_dir
 
     ensure_writable_dir(flags["output"])
@@ -625,8 +635,8 @@ def worker(**flags: Any) -> None:
             console.print(trial_line(event.result), highlight=False)
         elif isinstance(event, events.TrialStarted):
             console.print(f"trial {event.number:>3} started  {escape(event.config)}", highlight=False)
-        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered)):
-            console.print(f"[yellow]{status_text(event)}[/]")
+        elif isinstance(event, (events.ServerRestarted, events.TrialsRecovered, events.TrialRetried)):
+            console.print(f"[yellow]{status_text(event)}[/]", highlight=False)
 
     outcome, measured_here = run_worker_command(job, settings, launcher, progress)
     from tuner import paths
@@ -755,8 +765,12 @@ def trial_line(result: Any) -> str:
     """One line per finished trial: status, config, inferences per joule with spread and source, p99, throughput."""
     head = f"trial {result.number:>3} "
     if result.failed:
-        return f"{head}[red]failed[/]    {escape(result.config.describe())} · {escape(redact(result.failure_reason or ''))}"
+        status = "[red]failed[/] (load tool, twice)" if result.tool_failure else "[red]failed[/]   "
+        return f"{head}{status} {escape(result.config.describe())} · {escape(redact(result.failure_reason or ''))}"
     m = result.measurement
+    if result.screened:  # the reason says after how many windows and why, with units
+        return (f"{head}[blue]screened[/]   {escape(result.config.describe())} · "
+                f"{escape(redact(result.screened_reason or ''))}")
     status = "[green]feasible[/]  " if result.feasible else "[yellow]infeasible[/]"
     return (f"{head}{status} {escape(result.config.describe())} · {fmt_spread(m.inferences_per_j, 2, 'infer/J')} "
             f"[{m.energy_source}] · p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
@@ -836,7 +850,9 @@ def _no_feasible_message(outcome: Any, job: Any) -> str:
 
     where = f"; summary in {paths.summary_path(job.output)}"
     if closest is None:
-        return f"no config could be measured (all {len(outcome.results)} failed){where}"
+        tool = sum(1 for r in outcome.results if r.tool_failure)
+        lost = f"; {tool} of them the load tool's failure, not the config's" if tool else ""
+        return f"no config could be measured (all {len(outcome.results)} failed{lost}){where}"
     result, constraint = closest
     return (f"no feasible config among {len(outcome.results)}; closest was trial {result.number} "
             f"({result.config.describe()}), which breaks {constraint} by {result.violations[constraint]:.0%}{where}")

@@ -77,6 +77,14 @@ class TrialFinished:
 
 
 @dataclass(frozen=True)
+class TrialRetried:
+    """The load tool failed during a trial (not the config): the same config is measured once more."""
+
+    number: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ServerRestarted:
     """The server died during a trial and was started again (count: restarts so far)."""
 
@@ -118,7 +126,7 @@ class ImagePulling:
 
 
 Event = (ModelLoading | IdleMeasuring | EngineStarted | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
-         | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling)
+         | TrialRetried | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling)
 Progress = Callable[[Event], None]
 
 

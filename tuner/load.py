@@ -30,6 +30,7 @@ class LoadSpec:
     max_outstanding: int = 512
     engine: str = "builtin"  # the load engine (tuner/engines): builtin or perf_analyzer
     perf_analyzer: Path | None = None  # --perf-analyzer PATH (else found on PATH or in the cache)
+    run_s: float | None = None  # how long one engine run lasts at most (warm-up + windows); sizes what it records
 
     def __post_init__(self) -> None:
         if (self.concurrency is None) == (self.request_rate_per_s is None):
@@ -42,6 +43,8 @@ class LoadSpec:
             raise BadInput(f"--request-timeout: expected positive seconds, got {self.request_timeout_s}")
         if self.engine not in ("builtin", "perf_analyzer"):
             raise BadInput(f"--load-generator {self.engine}: expected builtin or perf_analyzer (auto is resolved first)")
+        if self.run_s is not None and not self.run_s > 0:
+            raise ValueError(f"run_s: expected positive seconds, got {self.run_s}")
 
     def describe(self) -> dict[str, object]:
         """JSON-able description for results and reports."""
@@ -58,6 +61,7 @@ class WindowStats:
     latencies_ms: list[float] = field(default_factory=list)
     failure_count: int = 0
     errors: list[str] = field(default_factory=list)
+    sent_count: int | None = None  # requests sent in the window (by send time, whenever they completed); None: unknown
 
     @property
     def success_count(self) -> int:

@@ -12,13 +12,16 @@ from typing import Any
 import numpy as np
 
 from tuner.engines import RequestRecords, bin_window, run_engine
-from tuner.errors import BadInput, LoadGenerationError, ServerDied
+from tuner.engines.records import covered_windows
+from tuner.errors import BadInput, LoadGenerationError, LoadToolError, ServerDied
 from tuner.events import ConcurrencyProbed, EngineStarted, ModelLoading, Progress, WarmingUp, WindowMeasured, emit
 from tuner.inputs import Sample, input_specs, load_input_data, synthetic_samples
 from tuner.load import LoadSpec, WindowStats, is_stable
 from tuner.meters.base import SOURCE_UNAVAILABLE, Meter, Reading
 from tuner.model_config import ModelConfig, apply_trial
+from tuner.objective import REQUEST_RATE_TOLERANCE
 from tuner.results import Measurement, Spread, TrialConfig, Window
+from tuner.screening import Screen, ScreenWindow
 from tuner.server import control
 from tuner.server.base import Server
 from tuner.server.metrics import inference_count
@@ -32,7 +35,7 @@ class MeasureSettings:
     """How a trial is measured: warm-up, window length, stability rule, failure tolerance."""
 
     warmup_s: float = 2.0
-    window_s: float | None = None  # None: the meters' preferred window (2 s; 10 s with NVML)
+    window_s: float | None = None  # None: the meters' preferred window (2 s; 5 s with NVML)
     max_windows: int = 10
     stable_windows: int = 3
     stability_tolerance: float = 0.10
@@ -98,15 +101,17 @@ class MeasureContext:
     idle_power_w: float | None = None  # total idle W, subtracted under energy_accounting 'dynamic'
 
 
-def measure_trial(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec) -> Measurement:
+def measure_trial(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, screen: Screen | None = None) -> Measurement:
     """Load the trial's config, then measure it; raises ModelLoadError, ServerDied or LoadGenerationError."""
     samples = load_trial(ctx, trial)
-    return measure_loaded(ctx, trial, load, samples)
+    return measure_loaded(ctx, trial, load, samples, screen)
 
 
-def measure_loaded(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
-    """Measure the config that is already loaded (warm-up, then windows until stable)."""
-    return asyncio.run(_measure(ctx, trial, load, samples))
+def measure_loaded(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample],
+                   screen: Screen | None = None) -> Measurement:
+    """Measure the config that is already loaded (warm-up, then windows until stable, or until `screen`, called after
+    every window, gives a reason to stop: the Measurement then holds the windows so far and that reason)."""
+    return asyncio.run(_measure(ctx, trial, load, samples, screen))
 
 
 def measure_idle(server: Server, meters: Sequence[Meter], seconds: float) -> dict[str, float]:
@@ -135,6 +140,7 @@ def load_trial(ctx: MeasureContext, trial: TrialConfig) -> list[Sample]:
 
 def measure_auto_concurrency(
     ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, max_p99_ms: float, max_concurrency: int = 256,
+    screen: Screen | None = None,
 ) -> Measurement:
     """Raise concurrency (1, 2, 4, ...) while p99 stays within max_p99_ms and throughput grows; measure there.
 
@@ -155,7 +161,7 @@ def measure_auto_concurrency(
             break  # saturated: more clients only add queueing
         chosen, best_throughput = concurrency, stats.throughput_per_s
         concurrency *= 2
-    measurement = asyncio.run(_measure(ctx, trial, _closed_loop(load, chosen), samples))
+    measurement = asyncio.run(_measure(ctx, trial, _closed_loop(load, chosen), samples, screen))
     return replace(measurement, load={"mode": "auto", "concurrency": chosen, "max_p99_ms": max_p99_ms,
                                       "engine": load.engine})
 
@@ -175,13 +181,21 @@ async def _probe(ctx: MeasureContext, samples: list[Sample], load: LoadSpec) -> 
     return bin_window(records, start_ns, end_ns)
 
 
-async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample]) -> Measurement:
-    """Warm-up, then wall-clock windows under the meters; requests are binned into them by completion time."""
+async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample],
+                   screen: Screen | None = None) -> Measurement:
+    """Warm-up, then wall-clock windows under the meters; requests are binned into them by completion time.
+
+    `screen` sees every window as it ends; a reason from it stops the load early (unless that window made the
+    measurement stable, or was the last), and the windows so far are summarized, marked screened with the reason."""
     server, model, meters, settings, progress = ctx.server, ctx.model, ctx.meters, ctx.settings, ctx.progress
     windows: list[tuple[WindowStats, list[Reading]]] = []
+    seen: list[ScreenWindow] = []
+    screened: str | None = None
     spans: list[tuple[int, int]] = []
     triton_counts: list[float | None] = []
     parts: list[RequestRecords] = []
+    # The engine's longest run: it sizes what the engine records (perf_analyzer's export).
+    load = replace(load, run_s=load.run_s or settings.warmup_s + settings.max_windows * settings.window_for(meters))
     with run_engine(server.grpc_url, model, samples, load) as engine:
         emit(progress, EngineStarted(engine.name))
         if settings.warmup_s > 0:
@@ -215,18 +229,46 @@ async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samp
             throughputs = [w.throughput_per_s for w, _ in windows] if engine.live else [
                 (c or 0.0) / w.duration_s for c, (w, _) in zip(triton_counts, windows, strict=True)]
             p99s = [w.percentile_ms(99) for w, _ in windows] if engine.live else [1.0] * len(windows)
+            reason = None
+            if screen is not None:
+                counted = stats.success_count if engine.live else triton
+                seen.append(_screen_window(index + 1, stats, readings, counted, engine.live, load, ctx))
+                reason = screen(tuple(seen))
             if is_stable(throughputs, p99s, settings.stability_tolerance, settings.stable_windows):
+                break
+            if reason is not None and index + 1 < settings.max_windows:
+                screened = f"after {index + 1} window{'s' if index else ''}: {reason}"
                 break
         parts.append(engine.stop())
     for meter in meters:
         meter.close()
     records = RequestRecords.merge(parts)
+    # Records cut short (a damaged export) keep the windows they cover; too few left is the load tool's failure.
+    kept, damage = covered_windows(records, spans, settings.stable_windows)
+    spans, windows, triton_counts = spans[:kept], windows[:kept], triton_counts[:kept]
     windows = [(bin_window(records, start, end), readings) for (start, end), (_, readings) in zip(spans, windows,
                                                                                                   strict=True)]
     measurement = summarize(trial, load, windows, settings, ctx.idle_power_w)
     used = len(measurement.windows)
     checks = count_warnings([w for w, _ in windows][-used:], triton_counts[-used:], engine.name)
-    return replace(measurement, warnings=measurement.warnings + tuple(checks))
+    checks += [damage] if damage else []
+    return replace(measurement, warnings=measurement.warnings + tuple(checks), screened_reason=screened)
+
+
+def _screen_window(index: int, stats: WindowStats, readings: list[Reading], inferences: float | None, live: bool,
+                   load: LoadSpec, ctx: MeasureContext) -> ScreenWindow:
+    """What a window showed as it ended: inferences (Triton's count where the engine reports at exit), joules as
+    accounted, memory (GPU memory where metered), p99 where the engine reports live."""
+    energies = [sum(r.energy_j.values()) for r in readings if r.energy_j]
+    energy = sum(energies) if energies else None
+    if energy is not None and ctx.settings.energy_accounting == "dynamic" and ctx.idle_power_w is not None:
+        energy = max(energy - ctx.idle_power_w * stats.duration_s, 0.01 * energy)  # as summarize() accounts it
+    gpu = [r.memory_mb for r in readings if r.memory_mb is not None and r.details.get("memory_kind") == "gpu"]
+    memory = gpu or [r.memory_mb for r in readings if r.memory_mb is not None]
+    p99 = stats.percentile_ms(99) if live else None
+    return ScreenWindow(index=index, duration_s=stats.duration_s, inferences=inferences,
+                        energy_j=energy, memory_mb=max(memory) if memory else None,
+                        p99_ms=p99 if p99 is None or p99 == p99 else None, concurrency=load.concurrency)
 
 
 def _stamped_count(server: Server, model: str) -> tuple[int, float | None]:
@@ -279,12 +321,13 @@ def summarize(
             f"{failures} of {total} requests failed ({failures / total:.0%} > {settings.max_failure_rate:.0%} allowed): "
             + (errors[0] if errors else "no error message")
         )
+    shortfall = check_request_rate(load, [w for w, _ in used])
     per_window: list[Window] = []
     energies: list[float | None] = []
     sources: list[str] = []
     domains: dict[str, float] = {}
     memory_source = SOURCE_UNAVAILABLE
-    warnings: list[str] = []
+    warnings: list[str] = [shortfall] if shortfall else []
     totals: list[float | None] = []
     energy_details: dict[str, Any] = {}
     triton_j: list[float] = []
@@ -351,6 +394,40 @@ def summarize(
         total_energy_j=sum(t for t in totals if t is not None) if have_energy else None,
         energy_details={**energy_details, **({"triton_nv_energy_consumption_j": sum(triton_j)} if triton_j else {})},
     )
+
+
+def check_request_rate(load: LoadSpec, windows: list[WindowStats]) -> str | None:
+    """Open loop: None when the windows completed the asked rate (within REQUEST_RATE_TOLERANCE); a warning when the
+    requests were sent but the server completed fewer (the config cannot keep up: the request_rate constraint); and
+    LoadToolError when the load tool did not even send them (a failed measurement, not the config's)."""
+    asked = load.request_rate_per_s
+    if asked is None or not windows:
+        return None
+    delivered = float(np.mean([w.throughput_per_s for w in windows]))
+    if delivered >= (1 - REQUEST_RATE_TOLERANCE) * asked:
+        return None
+    sent = sent_rate_per_s(windows)
+    if sent is not None and sent < (1 - REQUEST_RATE_TOLERANCE) * asked:
+        raise LoadToolError(f"{load.engine} sent {sent:.0f} requests/s of the asked {asked:g} ({1 - sent / asked:.0%} "
+                            f"short; {delivered:.0f} infer/s completed): the load tool could not send at that rate here")
+    return (f"the config completed {delivered:.0f} infer/s of the asked {asked:g} ({1 - delivered / asked:.0%} short, "
+            f"over {REQUEST_RATE_TOLERANCE:.0%}): it cannot keep up with that rate (request_rate constraint broken)")
+
+
+def sent_rate_per_s(windows: list[WindowStats]) -> float | None:
+    """Requests sent per second over the windows (back to back, in order) whose requests have all come back, i.e.
+    those ending at least twice the slowest latency before the last one ends; None when unknown or none qualifies."""
+    if any(w.sent_count is None for w in windows):
+        return None
+    slowest_ms = max((max(w.latencies_ms) for w in windows if w.latencies_ms), default=0.0)
+    guard_s, after_s = 2 * slowest_ms / 1000, 0.0
+    sent, duration_s = 0, 0.0
+    for window in reversed(windows):
+        if after_s >= guard_s:
+            sent += window.sent_count or 0
+            duration_s += window.duration_s
+        after_s += window.duration_s
+    return sent / duration_s if duration_s > 0 else None
 
 
 def pool_measurements(runs: list[Measurement], settings: MeasureSettings) -> Measurement:

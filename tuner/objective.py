@@ -11,7 +11,10 @@ from tuner.errors import BadInput
 from tuner.results import Measurement, TrialResult, hardware_group
 
 FAILED_VIOLATION = 1000.0  # a refused or failing config: far outside every constraint, so samplers avoid its region
-CONSTRAINT_NAMES = ("min_throughput", "max_p99_ms", "max_memory_mb", "failed")
+CONSTRAINT_NAMES = ("min_throughput", "max_p99_ms", "max_memory_mb", "request_rate", "failed")
+# Open loop (--request-rate): the config must complete the asked rate; delivering less by more than this breaks the
+# "request_rate" constraint (the client's own shortfall is a failed measurement instead: tuner/measure.py).
+REQUEST_RATE_TOLERANCE = 0.05
 # --objective: what the search maximises under the constraints, and how summaries and reports name it.
 OBJECTIVES = {
     "efficiency": "maximize inferences per joule (mean over stable windows)",
@@ -67,7 +70,19 @@ def violations(measurement: Measurement | None, constraints: Constraints) -> dic
         memory = measurement.memory_mb
         # Memory that could not be measured cannot be shown to fit.
         out["max_memory_mb"] = FAILED_VIOLATION if memory is None else (memory - limit) / limit
+    asked = asked_rate_per_s(measurement)
+    if asked is not None:
+        limit = (1 - REQUEST_RATE_TOLERANCE) * asked
+        out["request_rate"] = (limit - measurement.throughput_per_s.mean) / limit
     return {k: v if math.isfinite(v) else FAILED_VIOLATION for k, v in out.items()}
+
+
+def asked_rate_per_s(measurement: Measurement) -> float | None:
+    """The open-loop rate the measurement was asked for (requests/s); None under a closed loop."""
+    if measurement.load.get("mode") != "request_rate":
+        return None
+    rate = measurement.load.get("request_rate_per_s")
+    return float(rate) if isinstance(rate, int | float) and rate > 0 else None
 
 
 def score(measurement: Measurement | None) -> float:
@@ -159,8 +174,10 @@ def mean_power_w(measurement: Measurement) -> float | None:
 
 
 def closest_trial(results: list[TrialResult]) -> tuple[TrialResult, str] | None:
-    """The measured trial nearest to feasibility and the constraint it breaks most (for exit 3)."""
-    measured = [r for r in results if not r.failed and r.violations]
+    """The measured trial nearest to feasibility and the constraint it breaks most (for exit 3); a screened trial
+    only where it breaks one (one screened as worse than the best broke none it could show)."""
+    measured = [r for r in results if not r.failed and r.violations
+                and (not r.screened or any(v > 0 for v in r.violations.values()))]
     if not measured:
         return None
     closest = min(measured, key=lambda r: sum(max(0.0, v) for v in r.violations.values()))

@@ -23,8 +23,10 @@ from tuner.objective import (
     score,
     ties_with,
 )
+from tuner.pruning import SINGLE_WINDOW_SDS
 from tuner.redact import mask_url, redact
 from tuner.results import KNOBS, TrialResult, group_by_hardware, hardware_group, write_json
+from tuner.screening import P99_FAR_FACTOR
 from tuner.study import SearchJob, SearchOutcome
 
 
@@ -33,7 +35,8 @@ def _brief(result: TrialResult | None) -> dict[str, Any] | None:
         return None
     return {"trial": result.number, "config": result.config.knobs(),
             "measurement": result.measurement.to_dict() if result.measurement else None,
-            "failure_reason": result.failure_reason, "violations": result.violations, "feasible": result.feasible}
+            "failure_reason": result.failure_reason, "failure_kind": result.failure_kind,
+            "screened_reason": result.screened_reason, "violations": result.violations, "feasible": result.feasible}
 
 
 def savings(best: TrialResult | None, baseline: TrialResult | None) -> dict[str, Any] | None:
@@ -77,6 +80,11 @@ def picks(results: list[TrialResult]) -> dict[str, Any]:
     }
 
 
+SCREENING_NOTE = (f"a screened trial was stopped after the windows in its record: worse than the best completed trial "
+                  f"beyond the measured spread (its 95% CI, or one window plus {SINGLE_WINDOW_SDS:g} sd of the best's "
+                  f"windows, below the best's 95% CI), p99 over {P99_FAR_FACTOR:g} x --max-p99-ms in every window, or "
+                  "memory over --max-memory-mb; it is never the pick. A tool failure (failure_kind tool) is the load "
+                  "tool failing twice on the config: nothing is known of the config, and the sampler was not taught it")
 HARDWARE_NOTE = ("trials were measured on {count} hardware groups (GPU model + meters, --allow-mixed-hardware): "
                  "joules on different GPUs or meters do not compare, so each group has its own best config, and "
                  "savings against the baseline are given only within the group that measured it")
@@ -158,6 +166,13 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
         "warnings": sorted({w for r in outcome.results if r.measurement for w in r.measurement.warnings}),
         "trial_count": len(outcome.results),
         "failed_trial_count": sum(1 for r in outcome.results if r.failed),
+        "tool_failure_count": sum(1 for r in outcome.results if r.tool_failure),
+        "screened_trial_count": sum(1 for r in outcome.results if r.screened),
+        "screened_trials": [{"trial": r.number, "config": r.config.knobs(), "reason": r.screened_reason}
+                            for r in outcome.results if r.screened],
+        "tool_failures": [{"trial": r.number, "config": r.config.knobs(), "reason": redact(r.failure_reason or "")}
+                          for r in outcome.results if r.tool_failure],
+        "screening_note": SCREENING_NOTE,
         "duplicate_proposals_reused": outcome.duplicates,
         "server_restarts": outcome.server_restarts,
         "energy_sources": sources,
@@ -183,7 +198,9 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
             value = r.config.knobs().get(knob)
             row[knob] = ",".join(map(str, value)) if isinstance(value, list) else value
         row.update({
-            "status": "failed" if r.failed else ("feasible" if r.feasible else "infeasible"),
+            "status": r.status,
+            "failure_kind": r.failure_kind,
+            "screened_reason": r.screened_reason,
             "inferences_per_j": score(m) if m else None,
             "inferences_per_j_sd": m.inferences_per_j.sd if m else None,
             "inferences_per_j_ci95": m.inferences_per_j.ci95 if m else None,

@@ -225,6 +225,7 @@ class Measurement:
     repeats: int = 1
     total_energy_j: float | None = None  # before idle is subtracted (equals energy_j with 'total' accounting)
     energy_details: dict[str, Any] = field(default_factory=dict)  # per meter: method, TDP basis, cross-checks
+    screened_reason: str | None = None  # stopped early (clearly worse, or clearly breaking a constraint): why
 
     @property
     def failure_rate(self) -> float:
@@ -310,9 +311,12 @@ def group_by_hardware(results: list[TrialResult]) -> list[list[TrialResult]]:
     return list(groups.values())
 
 
+FAILURE_KINDS = ("config", "tool")  # a failed trial: the config's fault (refused, failing requests) or the load tool's
+
+
 @dataclass(frozen=True)
 class TrialResult:
-    """A trial's outcome: its measurement, or why it failed."""
+    """A trial's outcome: its measurement (partial when screened), or why it failed and whose failure it was."""
 
     number: int
     config: TrialConfig
@@ -320,6 +324,13 @@ class TrialResult:
     failure_reason: str | None = None
     violations: dict[str, float] = field(default_factory=dict)
     hardware: Hardware | None = None  # None: recorded before greentune kept it
+    failure_kind: str | None = None  # failed trials: "config" (the default) or "tool"; None when not failed
+
+    def __post_init__(self) -> None:
+        if self.failure_kind is not None and self.failure_kind not in FAILURE_KINDS:
+            raise ValueError(f"failure_kind: expected one of {', '.join(FAILURE_KINDS)}, got {self.failure_kind!r}")
+        # Records from before failure_kind: every failure was told to the sampler as the config's.
+        object.__setattr__(self, "failure_kind", (self.failure_kind or "config") if self.failed else None)
 
     @property
     def failed(self) -> bool:
@@ -327,9 +338,33 @@ class TrialResult:
         return self.measurement is None or self.failure_reason is not None
 
     @property
+    def tool_failure(self) -> bool:
+        """True when the load tool failed (twice): nothing is known about the config."""
+        return self.failure_kind == "tool"
+
+    @property
+    def screened_reason(self) -> str | None:
+        """Why the measurement was stopped early (None when it ran to the end, or failed)."""
+        return None if self.failed or self.measurement is None else self.measurement.screened_reason
+
+    @property
+    def screened(self) -> bool:
+        """True when stopped early as clearly worse or clearly infeasible: never the pick."""
+        return self.screened_reason is not None
+
+    @property
+    def status(self) -> str:
+        """feasible, infeasible, screened or failed (failure_kind says whose failure)."""
+        if self.failed:
+            return "failed"
+        if self.screened:
+            return "screened"
+        return "feasible" if self.feasible else "infeasible"
+
+    @property
     def feasible(self) -> bool:
-        """True when measured and every constraint holds (violation <= 0)."""
-        return not self.failed and all(v <= 0 for v in self.violations.values())
+        """True when fully measured (not screened) and every constraint holds (violation <= 0)."""
+        return not self.failed and not self.screened and all(v <= 0 for v in self.violations.values())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -338,8 +373,10 @@ class TrialResult:
             "config": self.config.knobs(),
             "measurement": self.measurement.to_dict() if self.measurement else None,
             "failure_reason": redact(self.failure_reason) if self.failure_reason else self.failure_reason,
+            "failure_kind": self.failure_kind,
             "violations": dict(self.violations),
             "feasible": self.feasible,
+            "screened_reason": self.screened_reason,
             "hardware": self.hardware.to_dict() if self.hardware is not None else None,
         }
 
@@ -354,6 +391,7 @@ class TrialResult:
             failure_reason=data.get("failure_reason"),
             violations=dict(data.get("violations", {})),
             hardware=Hardware.from_dict(data["hardware"]) if data.get("hardware") else None,
+            failure_kind=data.get("failure_kind"),
         )
 
 

@@ -165,6 +165,58 @@ class Space:
                 params[knob.param] = value
         return params
 
+    def first_params(self, in_flight: int | None, baseline: TrialConfig | None = None) -> list[dict[str, Any]]:
+        """Optuna params of the configs worth measuring right after the baseline, before the sampler's random start.
+
+        Dynamic batching on with a max batch of at least the requests in flight (the model's own where it is that
+        large, else the smallest such power of two in the space; 32 where the load is not a fixed concurrency), a short queue delay (the ladder's second
+        step), preferred sizes unset, at 1 to 3 instances: on a GPU at 32 requests in flight batching is worth 5-7x,
+        so these are the configs a 10-trial search cannot afford to leave to chance. Knobs not named here keep the
+        baseline's value where the space holds it, else their first value. Empty where the space has no dynamic
+        batching or max batch knob (a model that does not batch)."""
+        knobs = {k.name: k for k in self.knobs}
+        batching, max_batch = knobs.get("dynamic_batching"), knobs.get("max_batch_size")
+        if batching is None or batching.type != "bool" or max_batch is None or max_batch.type != "pow2":
+            return []
+        wanted = in_flight if in_flight is not None else 32
+        exponents = max_batch.values()
+        own = self.params_of(baseline) if baseline is not None else {}
+        exponent = next((e for e in exponents if 1 << e >= wanted), exponents[-1])
+        if own.get(max_batch.param) in exponents and 1 << own[max_batch.param] >= wanted:
+            exponent = own[max_batch.param]  # the model's own max batch already holds every request in flight
+        if 1 << exponent < 2:
+            return []  # max batch 1 cannot batch
+        common: dict[str, Any] = {}
+        for knob in self.knobs:
+            if knob.type == "fixed":
+                continue
+            values = knob.values()
+            common[knob.param] = own[knob.param] if own.get(knob.param) in values else values[0]
+        common[batching.param] = 1
+        common[max_batch.param] = exponent
+        delay = knobs.get("max_queue_delay_microseconds")
+        if delay is not None and delay.type == "int":
+            values = delay.values()
+            common[delay.param] = values[min(1, len(values) - 1)] if delay.log else \
+                values[min(len(values) - 1, max(0, len(values) // 4))]
+        preferred = knobs.get("preferred_batch_size")
+        if preferred is not None and preferred.type == "fraction" and UNSET in preferred.choices:
+            common[preferred.param] = UNSET
+        instances = knobs.get("instance_count")
+        counts = [v for v in instances.values() if isinstance(v, int)][:3] if instances is not None and \
+            instances.type in ("int", "choice") else [None]
+        out: list[dict[str, Any]] = []
+        seen = {baseline.key()} if baseline is not None else set()
+        for count in counts:
+            params = dict(common)
+            if count is not None and instances is not None:
+                params[instances.param] = count
+            config = self.sample(_FixedParams(params))
+            if config.key() not in seen:
+                seen.add(config.key())
+                out.append(params)
+        return out
+
     def grid(self) -> dict[str, list[Any]]:
         """Every parameter and its values, for Optuna's GridSampler."""
         return {knob.param: knob.values() for knob in self.knobs if knob.type != "fixed"}

@@ -32,10 +32,15 @@ class Stopping:
         self.best_score = _best_score(results or [], objective)
 
     def record_measured(self, result: TrialResult, results: list[TrialResult]) -> None:
-        """A config was measured (or failed); `results` holds every measured result, this one included."""
+        """A config was measured (or screened, or failed); `results` holds every result, this one included.
+
+        A load tool's failure spends a trial of the budget and counts toward failures in a row (a broken tool stops
+        the search), but not toward --patience: it says nothing about the config."""
         self.measured += 1
         self.consecutive_duplicates = 0
         self.consecutive_failures = self.consecutive_failures + 1 if result.failed else 0
+        if result.tool_failure:
+            return
         current = _best_score(results, self.objective)
         if current is not None and (self.best_score is None or current > self.best_score):
             self.best_score, self.since_improvement = current, 0

@@ -24,14 +24,24 @@ from optuna.trial import TrialState
 from tuner import paths
 from tuner.bench import Bench, LoadPolicy, TrialBench
 from tuner.errors import BadInput, StorageError
-from tuner.events import Progress, RepeatFailed, RepeatStarted, TrialFinished, TrialsRecovered, TrialStarted, emit
+from tuner.events import (
+    Progress,
+    RepeatFailed,
+    RepeatStarted,
+    TrialFinished,
+    TrialRetried,
+    TrialsRecovered,
+    TrialStarted,
+    emit,
+)
 from tuner.impact import ImpactInputs
 from tuner.measure import InputSource, MeasureSettings, pool_measurements
 from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, trial_of
 from tuner.objective import Constraints, best_trial, check_objective, objective_value, violations
+from tuner.pruning import TrialScreen, pruner_for
 from tuner.redact import mask_url
-from tuner.results import Hardware, TrialConfig, TrialResult, write_json
+from tuner.results import Hardware, Measurement, TrialConfig, TrialResult, write_json
 from tuner.server.base import ServerLauncher
 from tuner.space import Space
 from tuner.stopping import MAX_CONSECUTIVE_DUPLICATES, Stopping
@@ -64,6 +74,8 @@ class SearchSettings:
     heartbeat: Heartbeat = field(default_factory=Heartbeat)  # shared studies: how a dead worker is noticed
     poll_s: float = 1.0  # shared studies: how often a worker re-reads the study while it waits
     allow_mixed_hardware: bool = False  # shared studies: accept workers with another GPU model or meter
+    first_trials: bool = True  # queue Space.first_params after the baseline (--no-first-trials: the sampler alone)
+    screening: bool = True  # stop a trial early once clearly worse than the best, or clearly infeasible
 
     @property
     def shared(self) -> bool:
@@ -216,6 +228,7 @@ EFFECTIVE_KEY_ATTR = "effective_key"  # trial attribute: the config's identity, 
 DECISION_ATTR = "twin_decision"  # trial attribute: "measure" or "defer" (to a twin measuring the same config); "" undecided
 HARDWARE_ATTR = "hardware"  # trial (and study) attribute: host, GPU model, driver and meters of the measurement
 WORKER_ATTR = "worker"  # trial attribute: {"host", "pid"} of the worker that measured it
+FIRST_ATTR = "first"  # trial attribute: one of the first configs queued after the baseline (Space.first_params)
 BUDGET_ATTR = "budget_trials"  # shared study attribute: configs to measure, all workers together
 
 
@@ -242,7 +255,7 @@ def open_study_storage(job: SearchJob, settings: SearchSettings
                 "--output/--storage"
             )
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", sampler=sampler,
-                                load_if_exists=True)
+                                pruner=pruner_for(job.objective, job.measure.stable_windows), load_if_exists=True)
     fingerprint = job.shared_fingerprint() if settings.shared else job.fingerprint()
     if settings.shared:
         recorded = study.user_attrs.get("settings")
@@ -272,15 +285,21 @@ def open_study_storage(job: SearchJob, settings: SearchSettings
 
 
 def recorded_results(study: optuna.Study) -> tuple[list[TrialResult], int]:
-    """Results saved in the study (measured trials only, pooled where --repeats ran) and the count of reused duplicates."""
+    """Results saved in the study and the count of reused duplicates: measured trials (COMPLETE, pooled where --repeats
+    ran), screened ones (PRUNED with a result; a shared study's over-budget trials have none) and the load tool's
+    failures (FAIL with a result; interrupted trials have none, or one not of the tool)."""
     repeated = study.user_attrs.get(REPEATED_ATTR, {})
     results, duplicates = [], 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for trial in study.get_trials(deepcopy=False, states=states):
         if "duplicate_of" in trial.user_attrs:
-            duplicates += 1
+            if trial.state != TrialState.FAIL:  # a FAIL one was interrupted before it was told
+                duplicates += 1
             continue
-        if "result" in trial.user_attrs:
-            results.append(TrialResult.from_dict(repeated.get(str(trial.number), trial.user_attrs["result"])))
+        record = trial.user_attrs.get("result")
+        if record is None or (trial.state == TrialState.FAIL and record.get("failure_kind") != "tool"):
+            continue
+        results.append(TrialResult.from_dict(repeated.get(str(trial.number), record)))
     return results, duplicates
 
 
@@ -378,6 +397,7 @@ class Search:
         self.space = job.space.for_model(job.base.max_batch_size > 0)
         self._opened: tuple[optuna.Study, SearchOutcome] | None = None
         self._storage: optuna.storages.BaseStorage | None = None
+        self.pruner = pruner_for(job.objective, job.measure.stable_windows)  # the study's own, for TrialScreen
         self.measured_here: list[int] = []  # trial numbers this process measured (a shared study has others')
 
     def run(self, bench: TrialBench) -> SearchOutcome:
@@ -397,7 +417,8 @@ class Search:
             return self._run_shared(study, outcome, bench)
         stopping = Stopping(self.settings.trials, self.settings.timeout_s, self.settings.patience,
                             self._grid_size(), self.clock, outcome.results, self.job.objective)
-        by_key = {key: r for r in outcome.results if (key := self._key(r.config)) is not None}
+        # A load tool's failure says nothing of its config: a later proposal of it is measured again.
+        by_key = {key: r for r in outcome.results if not r.tool_failure and (key := self._key(r.config)) is not None}
         hardware = hardware_of(bench)
         while (reason := stopping.reason(self._sampler_exhausted(study))) is None:
             trial = study.ask()
@@ -413,10 +434,10 @@ class Search:
                     stopping.record_duplicate()
                     continue
                 emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
-                result = self._measure(bench, config, trial.number, key, hardware)
+                result = self._measure(bench, config, trial, key, hardware, baseline)
                 self._record(study, trial, result)
             outcome.results.append(result)
-            if key is not None:
+            if key is not None and not result.tool_failure:
                 by_key[key] = result
             stopping.record_measured(result, outcome.results)
             self._publish(outcome, bench)
@@ -464,7 +485,7 @@ class Search:
                     duplicates_in_row += 1
                     continue
                 emit(self.progress, TrialStarted(trial.number, config.describe(), baseline))
-                result = self._measure(bench, config, trial.number, key, hardware)
+                result = self._measure(bench, config, trial, key, hardware, baseline)
                 self._record(study, trial, result)
             duplicates_in_row = 0
             self.measured_here.append(result.number)
@@ -522,7 +543,7 @@ class Search:
         decided = ""
         while True:
             for result in recorded_results(study)[0]:
-                if self._key(result.config) == key:
+                if self._key(result.config) == key and not result.tool_failure:
                     return result
             twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                      if t.number != number and t.user_attrs.get(EFFECTIVE_KEY_ATTR) == key]
@@ -560,11 +581,21 @@ class Search:
             emit(self.progress, TrialsRecovered(recovered))
         results, duplicates = recorded_results(study)
         if not study.trials:
-            study.enqueue_trial(self.space.params_of(trial_of(self.job.base)), user_attrs={"baseline": True})
+            baseline = trial_of(self.job.base)
+            study.enqueue_trial(self.space.params_of(baseline), user_attrs={"baseline": True})
+            # A grid measures everything anyway; workers of a shared study open it at once, and each would queue them.
+            if self.settings.first_trials and self.settings.sampler != "grid" and not self.settings.shared:
+                for params in self.space.first_params(self._in_flight(), baseline)[: max(0, self.settings.trials - 1)]:
+                    study.enqueue_trial(params, user_attrs={FIRST_ATTR: True})
         repeated = sorted(int(n) for n in study.user_attrs.get(REPEATED_ATTR, {}))
         self._opened = study, SearchOutcome(results=results, baseline=None, best=None, stop_reason="", storage_url=url,
                                             study_name=study.study_name, duplicates=duplicates, repeated=repeated)
         return self._opened
+
+    def _in_flight(self) -> int | None:
+        """Requests in flight under a fixed closed-loop load (None under --concurrency auto or --request-rate)."""
+        load = self.job.load
+        return load.spec.concurrency if load.auto_max_p99_ms is None else None
 
     def _grid_size(self) -> int | None:
         return len(self.space.grid_configs()) if self.settings.sampler == "grid" else None
@@ -583,11 +614,25 @@ class Search:
         except BadInput:
             return None
 
-    def _measure(self, bench: TrialBench, config: TrialConfig, number: int, key: str | None,
-                 hardware: Hardware) -> TrialResult:
-        """Measure a valid config on the bench (an invalid one fails without a server); the result names its hardware."""
-        result = bench.measure(config, number) if key is not None else self._invalid(config, number)
+    def _measure(self, bench: TrialBench, config: TrialConfig, trial: optuna.Trial, key: str | None,
+                 hardware: Hardware, baseline: bool) -> TrialResult:
+        """Measure a valid config on the bench (an invalid one fails without a server), every window reported to the
+        trial and, unless it is the baseline, screened; when the load tool fails, once more on a fresh measurement
+        (a second failure is the tool's). The result names its hardware."""
+        if key is None:
+            result = self._invalid(config, trial.number)
+        else:
+            screen = self._screen(trial, baseline)
+            result = bench.measure(config, trial.number, screen=screen)
+            if result.tool_failure:
+                emit(self.progress, TrialRetried(trial.number, (result.failure_reason or "").splitlines()[0]))
+                result = bench.measure(config, trial.number, screen=self._screen(trial, baseline, screen.next_step))
         return dataclasses.replace(result, hardware=result.hardware or hardware)
+
+    def _screen(self, trial: optuna.Trial, baseline: bool, first_step: int = 1) -> TrialScreen:
+        """One attempt's screen: reports each window; judges it (pruner, constraints) unless baseline or --no-screening."""
+        return TrialScreen(trial, self.pruner, self.job.constraints, self.job.objective,
+                           judge=self.settings.screening and not baseline, first_step=first_step)
 
     def _invalid(self, config: TrialConfig, number: int) -> TrialResult:
         try:
@@ -618,8 +663,17 @@ class Search:
             else:
                 trial.set_user_attr("duplicate_of", duplicate_of)
             trial.set_user_attr("config_key", json.loads(result.config.key()))
+            if result.tool_failure:  # nothing is known of the config: the sampler must not learn it as bad
+                study.tell(trial, state=TrialState.FAIL)
+                return
             for name, value in result.violations.items():
                 trial.set_constraint(name, value)
+            if result.screened:  # TPE learns a pruned trial from its last intermediate value
+                if duplicate_of is not None and result.measurement is not None:
+                    for step, value in enumerate(window_values(result.measurement, self.job.objective), 1):
+                        trial.report(value, step)
+                study.tell(trial, state=TrialState.PRUNED)
+                return
             study.tell(trial, objective_value(result.measurement, self.job.objective) if not result.failed else 0.0)
         except STORAGE_ERRORS as exc:
             raise _storage_error(f"trial {trial.number}", exc) from None
@@ -673,7 +727,14 @@ class Search:
 def _reuse(earlier: TrialResult, number: int) -> TrialResult:
     """A duplicate proposal: the earlier trial's result under this trial's number."""
     return TrialResult(number, earlier.config, earlier.measurement, earlier.failure_reason, dict(earlier.violations),
-                       earlier.hardware)
+                       earlier.hardware, earlier.failure_kind)
+
+
+def window_values(measurement: Measurement, objective: str) -> list[float]:
+    """The objective per recorded window: inferences per joule (efficiency) or per second (throughput)."""
+    if objective == "throughput":
+        return [w.throughput_per_s for w in measurement.windows]
+    return [w.success_count / w.energy_j for w in measurement.windows if w.energy_j]
 
 
 def _storage_error(what: str, exc: BaseException) -> StorageError:

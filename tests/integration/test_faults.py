@@ -218,8 +218,8 @@ def test_sigkill_during_a_known_trial_leaves_one_failed_trial_measured_again_on_
     trials = study_trials(tmp_path)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed.number]
-    again = [t for t in trials if t.state == TrialState.COMPLETE and t.params == killed.params
-             and "result" in t.user_attrs]
+    again = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.params == killed.params
+             and "result" in t.user_attrs]  # PRUNED: measured, and screened
     assert len(again) == 1 and again[0].number > killed.number  # measured again, once, as a new trial
     assert (tmp_path / "trials" / f"trial-{again[0].number:04d}.json").exists()
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -134,7 +134,7 @@ def test_sigint_mid_search_then_resume_reaches_same_count(tmp_path):
 
 def test_repeats_idle_baseline_and_dynamic_accounting(tmp_path):
     result = run_cli([*SEARCH, "--trials", "2", "--repeats", "2", "--energy-accounting", "dynamic",
-                      "--idle-seconds", "1", "-o", str(tmp_path)])
+                      "--idle-seconds", "1", "--no-screening", "-o", str(tmp_path)])  # both trials measured in full
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["idle_power_total_w"] > 0 and summary["energy_accounting"] == "dynamic"
@@ -172,7 +172,7 @@ def test_two_config_space_stops_exhausted_and_reuses_duplicates(tmp_path):
     trials = pd.read_csv(out / "trials.csv")
     assert sorted(trials["instance_count"]) == [1, 2]  # the model's own config (1 instance) and the other one
     study = optuna.load_study(study_name="greentune-held", storage=f"sqlite:///{out / 'study.db'}")
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))  # PRUNED: screened
     reused = [t for t in complete if "duplicate_of" in t.user_attrs]
     assert reused and summary["duplicate_proposals_reused"] == len(reused) == len(complete) - 2
     assert {t.user_attrs["duplicate_of"] for t in reused} <= set(trials["trial"])

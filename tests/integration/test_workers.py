@@ -22,6 +22,7 @@ from tuner.server.process import reap_leftover
 from tuner.storage import open_storage
 from tuner.study import EFFECTIVE_KEY_ATTR, WORKER_ATTR
 
+MEASURED = (TrialState.COMPLETE, TrialState.PRUNED)  # PRUNED with a result: measured, then screened
 pytestmark = pytest.mark.integration
 
 POSTGRES_URL = os.environ.get("GREENTUNE_TEST_POSTGRES_URL")
@@ -70,7 +71,7 @@ def run_two_workers_and_kill_one(tmp_path, url: str) -> None:
             study = _study(url, name)
             mine = [t for t in study.get_trials(deepcopy=False)
                     if t.user_attrs.get(WORKER_ATTR, {}).get("pid") == doomed.pid]
-            done = [t for t in mine if t.state == TrialState.COMPLETE and "result" in t.user_attrs]
+            done = [t for t in mine if t.state in MEASURED and "result" in t.user_attrs]
             running = [t for t in mine if t.state == TrialState.RUNNING and EFFECTIVE_KEY_ATTR in t.user_attrs]
             return running[0] if done and running else None
 
@@ -89,7 +90,7 @@ def run_two_workers_and_kill_one(tmp_path, url: str) -> None:
     study = _study(url, name)
     assert study is not None
     trials = study.get_trials(deepcopy=False)
-    measured = [t for t in trials if t.state == TrialState.COMPLETE and "result" in t.user_attrs]
+    measured = [t for t in trials if t.state in MEASURED and "result" in t.user_attrs]
     assert len(measured) == BUDGET, log[-3000:]
     keys = [t.user_attrs[EFFECTIVE_KEY_ATTR] for t in measured]
     assert len(keys) == len(set(keys))  # no config measured twice

@@ -151,3 +151,40 @@ def test_a_server_that_keeps_dying_stops_the_bench(launcher, tmp_path):
         with pytest.raises(ServerError, match=f"died {MAX_SERVER_RESTARTS + 1} times"):
             bench.measure(TrialConfig(), 99)
     assert len(launcher.servers) == MAX_SERVER_RESTARTS + 1
+
+
+def test_a_screen_sees_every_window_and_its_reason_stops_the_load_with_the_windows_so_far(launcher, tmp_path):
+    seen: list[tuple] = []
+
+    def screen(windows):
+        seen.append(tuple(windows))
+        return "clearly worse (test)" if len(windows) == 2 else None
+
+    with make_bench(launcher, tmp_path, LoadPolicy(LOAD)) as bench:
+        screened = bench.measure(TrialConfig(instance_count=2), 1, screen=screen)
+        full = bench.measure(TrialConfig(instance_count=3), 2, screen=lambda windows: None)
+    assert not screened.failed, screened.failure_reason
+    assert screened.screened and not screened.feasible
+    assert screened.measurement.screened_reason == "after 2 windows: clearly worse (test)"
+    assert len(screened.measurement.windows) == 2 and len(seen) == 2  # stopped there, not at --max-windows
+    first = seen[0][0]
+    assert first.index == 1 and first.concurrency == LOAD.concurrency and first.inferences > 0
+    assert first.p99_ms > 0 and first.energy_j is None  # the built-in engine reports live; no meter here
+    assert not full.screened and full.measurement.screened_reason is None
+
+
+def test_the_load_tool_failing_is_the_tools_failure_and_a_refused_config_the_configs(launcher, tmp_path, monkeypatch):
+    from tuner.errors import LoadGenerationError, LoadToolError
+
+    def failing(error):
+        def measure_trial(context, config, spec, screen=None):
+            raise error
+        return measure_trial
+
+    with make_bench(launcher, tmp_path, LoadPolicy(LOAD)) as bench:
+        monkeypatch.setattr("tuner.bench.measure_trial", failing(LoadToolError("perf_analyzer stalled")))
+        tool = bench.measure(TrialConfig(instance_count=2), 1)
+        monkeypatch.setattr("tuner.bench.measure_trial", failing(LoadGenerationError("9 of 10 requests failed")))
+        config = bench.measure(TrialConfig(instance_count=2), 2)
+    assert tool.failed and tool.failure_kind == "tool" and tool.failure_reason == "load tool failed: perf_analyzer stalled"
+    assert config.failed and config.failure_kind == "config" and config.failure_reason == "9 of 10 requests failed"

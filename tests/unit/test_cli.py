@@ -74,3 +74,31 @@ def test_readme_mentions_every_command():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in cli.commands:
         assert f"greentune {name}" in readme
+
+
+def test_a_screened_trial_is_one_line_saying_after_how_many_windows_and_why_with_units():
+    from rich.console import Console
+
+    from tests.unit.test_screening import measurement_of
+    from tuner.cli import event_text, trial_line
+    from tuner.events import TrialRetried
+    from tuner.results import TrialConfig, TrialResult, Window
+
+    def plain(markup: str) -> str:
+        console = Console(width=400, record=True, color_system=None)
+        console.print(markup, highlight=False)
+        return console.export_text().rstrip("\n")
+
+    config = TrialConfig(instance_count=2)
+    why = ("after 1 window: 8.80 infer/J + 3 sd of trial 0's windows (0.20) = 9.40, below trial 0's 95% CI lower "
+           "bound 9.50 infer/J")
+    windows = [Window(1.0, 100, 0, 100.0, 4.0, 6.0, 8.0, 100.0 / 8.8, 120.0)]
+    screened = TrialResult(3, config, measurement_of(config, windows, why), None, {"failed": 0.0})
+    assert plain(trial_line(screened)) == f"trial   3 screened   instance_count=2 · {why}"
+    lost = TrialResult(4, config, None, "load tool failed: perf_analyzer stalled", failure_kind="tool")
+    assert plain(trial_line(lost)) == ("trial   4 failed (load tool, twice) instance_count=2 · load tool failed: "
+                                       "perf_analyzer stalled")
+    refused = TrialResult(5, config, None, "Triton refused")
+    assert plain(trial_line(refused)) == "trial   5 failed    instance_count=2 · Triton refused"
+    assert event_text(TrialRetried(4, "load tool failed: perf_analyzer stalled")) == (
+        "trial 4: load tool failed: perf_analyzer stalled; measuring it once more (a failure of the tool, not the config)")

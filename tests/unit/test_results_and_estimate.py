@@ -69,7 +69,8 @@ def test_trial_result_round_trip(tmp_path):
 
 def test_pure_modules_import_no_network_or_hardware():
     code = (
-        "import sys; import tuner.results, tuner.model_config, tuner.errors, tuner.space, tuner.objective, tuner.impact;"
+        "import sys; import tuner.results, tuner.model_config, tuner.errors, tuner.space, tuner.objective, tuner.impact,"
+        " tuner.screening;"
         "bad = [m for m in ('docker', 'pynvml', 'subprocess', 'tritonclient.grpc.aio', 'tritonclient.http', 'psutil')"
         " if m in sys.modules]; print(','.join(bad))"
     )

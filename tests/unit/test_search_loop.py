@@ -75,7 +75,8 @@ class FakeBench:
         self.environment = {"triton_server": "fake"}
         self.meter_details = {"estimate": {"name": "estimate"}}
 
-    def measure(self, config: TrialConfig, number: int) -> TrialResult:
+    def measure(self, config: TrialConfig, number: int, screen=None) -> TrialResult:
+        """One shot, no windows as they come: `screen` is never called (see test_screening's WindowedBench)."""
         self.calls.append((number, config))
         if self.clock is not None:
             self.clock.now += 100.0
@@ -207,9 +208,12 @@ def test_wall_time_budget(tmp_path):
 
 def test_repeats_are_pooled_saved_in_the_study_and_not_measured_again_on_resume(tmp_path):
     job = make_job(tmp_path)
-    bench = FakeBench()
+    def ipj(c: TrialConfig) -> float:  # the top 3 (batching) stay clear of the rest after the repeats' 0.9x
+        return efficiency(c) + (5.0 if c.dynamic_batching else 0.0)
+
+    bench = FakeBench(ipj=ipj)
     outcome = Search(job, SearchSettings(trials=4, repeats=3)).run(bench)
-    top = sorted(outcome.results, key=lambda r: -r.measurement.inferences_per_j.mean)[:3]
+    top = sorted(outcome.results, key=lambda r: -bench.ipj(r.config))[:3]  # the ranking before the repeats
     assert sorted(bench.remeasured) == sorted([r.number for r in top] * 2)
     assert sorted(outcome.repeated) == sorted(r.number for r in top)
     for result in top:
@@ -219,7 +223,7 @@ def test_repeats_are_pooled_saved_in_the_study_and_not_measured_again_on_resume(
     saved = study_of(tmp_path).user_attrs[REPEATED_ATTR]
     assert sorted(int(n) for n in saved) == sorted(r.number for r in top)
 
-    again = FakeBench()
+    again = FakeBench(ipj=ipj)
     resumed = Search(job, SearchSettings(trials=4, repeats=3, resume=True)).run(again)
     assert again.calls == [] and again.remeasured == []  # nothing measured twice
     assert {r.number: r.measurement.repeats for r in resumed.results} == \
@@ -235,12 +239,14 @@ def test_an_interrupted_trial_is_failed_queued_and_measured_on_resume(tmp_path):
     interrupted = first.calls[2][1]
     states = [t.state for t in study_of(tmp_path).get_trials()]
     assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) == 1
-    assert states.count(TrialState.WAITING) == 1  # queued again for --resume
+    waiting = study_of(tmp_path).get_trials(states=(TrialState.WAITING,))
+    assert interrupted in [Search(job, SearchSettings()).space.sample(optuna.trial.FixedTrial(t.system_attrs["fixed_params"]))
+                           for t in waiting]  # queued again for --resume (beside the first trials not yet run)
 
     second = FakeBench()
     outcome = Search(job, SearchSettings(trials=4, resume=True)).run(second)
     assert len(outcome.results) == 4
-    assert second.calls[0][1] == interrupted  # the interrupted config is measured first
+    assert interrupted in [c for _, c in second.calls]  # the interrupted config is measured on resume
     measured_before = {c.key() for _, c in first.calls[:2]}
     assert not measured_before & {c.key() for _, c in second.calls}  # finished trials are kept, not re-measured
 
@@ -342,10 +348,10 @@ def test_a_full_disk_anywhere_in_the_loop_stops_the_search_with_one_line(tmp_pat
             super().__init__()
             self.err = err
 
-        def measure(self, config, number):
+        def measure(self, config, number, screen=None):
             if number == 1:
                 raise OSError(self.err, os.strerror(self.err))
-            return super().measure(config, number)
+            return super().measure(config, number, screen)
 
     with pytest.raises(StorageError, match=rf"^cannot save to {tmp_path / 'a'}: No space left on device; search stopped"):
         Search(make_job(tmp_path / "a"), SearchSettings(trials=3)).run(FullDisk(errno.ENOSPC))
@@ -365,3 +371,21 @@ def test_a_study_the_database_refuses_names_the_database_error_not_optunas_wrapp
     except optuna.exceptions.StorageInternalError as exc:
         message = str(_storage_error("trial 1", exc))
     assert message == "cannot save trial 1 to the study: (sqlite3.OperationalError) database or disk is full; search stopped"
+
+
+def test_after_the_baseline_the_first_trials_batch_every_request_in_flight(tmp_path):
+    bench = FakeBench(ipj=lambda c: 1.0)  # a flat landscape: the order comes from the queue, not the sampler
+    Search(make_job(tmp_path), SearchSettings(trials=6, seed=1)).run(bench)
+    configs = [c for _, c in bench.calls]
+    assert configs[0] == trial_of(BASE)
+    first = configs[1:4]
+    assert [c.instance_count for c in first] == [1, 2, 3]
+    assert all(c.dynamic_batching and (c.max_batch_size or 0) >= 4 for c in first)  # concurrency 4 in flight
+    trials = study_of(tmp_path).get_trials()
+    assert [bool(t.user_attrs.get("first")) for t in trials[:4]] == [False, True, True, True]
+
+
+def test_a_grid_search_queues_no_first_trials(tmp_path):
+    bench = FakeBench()
+    Search(make_job(tmp_path, TWO_CONFIGS), SearchSettings(trials=5, sampler="grid")).run(bench)
+    assert not any(t.user_attrs.get("first") for t in study_of(tmp_path).get_trials())

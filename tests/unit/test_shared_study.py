@@ -25,9 +25,9 @@ def storages(tmp_path) -> list[str]:
 class SlowBench(FakeBench):
     """A fake bench that takes a little wall time, so two workers overlap."""
 
-    def measure(self, config, number):
+    def measure(self, config, number, screen=None):
         time.sleep(0.05)
-        return super().measure(config, number)
+        return super().measure(config, number, screen)
 
 
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
@@ -299,10 +299,10 @@ def test_parallel_slots_one_per_gpu_one_trial_per_server_at_a_time(tmp_path, mon
             self.i = i
             self.idle_power_w = {"nvml": 100.0 + i}
 
-        def measure(self, config, number):
+        def measure(self, config, number, screen=None):
             assert busy[self.i].acquire(blocking=False), "two trials at once on one server"
             try:
-                return super().measure(config, number)
+                return super().measure(config, number, screen)
             finally:
                 busy[self.i].release()
 

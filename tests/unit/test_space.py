@@ -280,3 +280,38 @@ def test_any_sampled_config_of_a_builtin_space_applies_to_the_model(name, data):
     config = space.sample(optuna.trial.FixedTrial(params))
     apply_trial(load_model_config(ROOT / "model_repository", "mlp"), config)  # never an invalid config
     assert space.sample(optuna.trial.FixedTrial(space.params_of(config))) == config
+
+
+def test_first_configs_batch_every_request_in_flight_at_one_to_three_instances():
+    from tuner.space import _FixedParams, builtin_space
+
+    gpu = builtin_space("gpu")
+    assert gpu is not None
+    own = TrialConfig(instance_count=1, max_batch_size=64, dynamic_batching=False)
+    configs = [gpu.sample(_FixedParams(p)) for p in gpu.first_params(32, own)]
+    assert [c.instance_count for c in configs] == [1, 2, 3]
+    for config in configs:
+        assert config.dynamic_batching is True and config.instance_kind == "KIND_GPU"
+        assert config.max_batch_size == 64  # the model's own max batch already holds 32 requests
+        assert config.max_queue_delay_microseconds == 200 and config.preferred_batch_size == ()
+    # Above the model's own max batch: the smallest power of two that holds every request in flight.
+    assert {gpu.sample(_FixedParams(p)).max_batch_size for p in gpu.first_params(100, own)} == {128}
+    # Beyond the space: its largest max batch. Without a fixed concurrency: 32.
+    assert {gpu.sample(_FixedParams(p)).max_batch_size for p in gpu.first_params(4096, own)} == {256}
+    assert {gpu.sample(_FixedParams(p)).max_batch_size for p in gpu.first_params(None, own)} == {64}
+    cpu = builtin_space("cpu")
+    assert cpu is not None
+    small = [cpu.sample(_FixedParams(p)) for p in cpu.first_params(4, TrialConfig(max_batch_size=1))]
+    assert [(c.instance_count, c.max_batch_size, c.dynamic_batching) for c in small] == \
+        [(1, 4, True), (2, 4, True), (3, 4, True)]
+
+
+def test_no_first_configs_where_the_space_cannot_batch():
+    from tuner.space import builtin_space
+
+    gpu = builtin_space("gpu")
+    assert gpu is not None
+    assert gpu.for_model(batches=False).first_params(32) == []
+    one = parse_space({"knobs": {"max_batch_size": {"type": "pow2", "low": 1, "high": 1},
+                                 "dynamic_batching": {"type": "bool"}}}, "one.yaml")
+    assert one.first_params(8) == []

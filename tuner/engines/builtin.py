@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from tuner.engines.records import RequestRecords
-from tuner.errors import LoadGenerationError
+from tuner.errors import LoadToolError
 from tuner.inputs import Sample
 from tuner.load import FAILURE_BACKOFF_S, MAX_ERROR_SAMPLES, LoadSpec
 
@@ -69,7 +69,7 @@ class BuiltinEngine:
                 self._workers.append((proc, parent))
             for proc, conn in self._workers:
                 if not conn.poll(READY_TIMEOUT_S):
-                    raise LoadGenerationError(f"load worker {proc.name} did not start within {READY_TIMEOUT_S:.0f} s")
+                    raise LoadToolError(f"load worker {proc.name} did not start within {READY_TIMEOUT_S:.0f} s")
                 self._expect(conn.recv(), "ready")
         except BaseException:
             self._kill()
@@ -97,13 +97,13 @@ class BuiltinEngine:
             try:
                 conn.send(command)
             except (BrokenPipeError, OSError):
-                raise LoadGenerationError(f"load worker {proc.name} exited (code {proc.exitcode})") from None
+                raise LoadToolError(f"load worker {proc.name} exited (code {proc.exitcode})") from None
         parts = []
         for proc, conn in self._workers:
             try:
                 message = conn.recv()
             except EOFError:
-                raise LoadGenerationError(f"load worker {proc.name} exited (code {proc.exitcode})") from None
+                raise LoadToolError(f"load worker {proc.name} exited (code {proc.exitcode})") from None
             self._expect(message, "records")
             send, done, ok, errors = message[1]
             parts.append(RequestRecords(send, done, ok, tuple(errors)))
@@ -112,9 +112,9 @@ class BuiltinEngine:
     @staticmethod
     def _expect(message: Any, kind: str) -> None:
         if isinstance(message, tuple) and message and message[0] == "error":
-            raise LoadGenerationError(f"load worker failed: {message[1]}")
+            raise LoadToolError(f"load worker failed: {message[1]}")
         if not (isinstance(message, tuple) and message and message[0] == kind):
-            raise LoadGenerationError(f"load worker answered {message!r:.80}, expected {kind}")
+            raise LoadToolError(f"load worker answered {message!r:.80}, expected {kind}")
 
     def _kill(self) -> None:
         for proc, _ in self._workers:

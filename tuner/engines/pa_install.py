@@ -1,4 +1,11 @@
-"""Find perf_analyzer: --perf-analyzer PATH, else on PATH, else the copy fetched from the tritonclient wheel."""
+"""Find perf_analyzer: --perf-analyzer PATH, else on PATH, else the copy fetched from the tritonclient wheel.
+
+The fetched copy is perf_analyzer r24.02 (tritonclient 2.43.0), not 2.51: from r24.03 on, perf_analyzer copies every
+request's output tensors (r24.04: also its inputs) into its records while it sends and writes them all into the
+per-request export, gigabytes per trial on a GPU (~5.6 KB a request for the example model), which slowed a trial of
+the fastest config to ~55 s and cut one export short. 2.43's export holds the send and response timestamps only
+(~80 bytes a request). It speaks the same gRPC protocol: it drives a Triton 2.51 server, here and on an H200.
+"""
 
 from __future__ import annotations
 
@@ -19,14 +26,14 @@ from tuner.server.embedded import (
     given_or_on_path,
 )
 
-TRITONCLIENT_VERSION = "2.51.0"  # the same release as the embedded server (Triton 2.51)
+TRITONCLIENT_VERSION = "2.43.0"  # r24.02: the last perf_analyzer whose export holds timestamps only (see above)
 WHEEL_GLOB = f"tritonclient-{TRITONCLIENT_VERSION}-*.whl"
 MEMBER = f"tritonclient-{TRITONCLIENT_VERSION}.data/data/bin/perf_analyzer"
 # perf_analyzer links these by soname; the embedded server's libs hold them under hashed names.
 # sha256 of each tritonclient wheel perf_analyzer is taken from (from PyPI); any other file is refused.
 PINNED_SHA256 = {
     f"tritonclient-{TRITONCLIENT_VERSION}-py3-none-manylinux1_x86_64.whl":
-        "c485bb0123bdf310f90bc8b03d3489b28df2ffed55b30c7eee0b795b48113d52",
+        "a6ce7c1b170db4cc05f81c3bde1726ec65da8646f65dab9e0674eb9d564bec36",
 }
 NEEDED_LIBS = {"libb64.so.0d": "libb64-*.so.0d", "libcudart.so.12": "libcudart-*.so.12*"}
 
@@ -45,7 +52,7 @@ class PerfAnalyzer:
 
 
 def perf_analyzer_home() -> Path:
-    """Where the fetched copy lives: CACHE/perf_analyzer-2.51.0/{bin,lib}."""
+    """Where the fetched copy lives: CACHE/perf_analyzer-2.43.0/{bin,lib}."""
     return cache_dir() / f"perf_analyzer-{TRITONCLIENT_VERSION}"
 
 
@@ -73,7 +80,7 @@ def cached_perf_analyzer(allow_fetch: bool = False) -> PerfAnalyzer:
     _link_libraries(lib)
     return PerfAnalyzer(binary=binary, env={"LD_LIBRARY_PATH": os.pathsep.join(
         [str(lib), os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)},
-        source=f"tritonclient {TRITONCLIENT_VERSION} wheel (cached)")
+        source=f"tritonclient {TRITONCLIENT_VERSION} wheel (cached; timestamps-only export)")
 
 
 def _download_wheel() -> Path:

@@ -108,8 +108,12 @@ class ReportData:
         return str(self.summary.get("objective") or "efficiency")
 
     def status(self, result: TrialResult) -> str:
-        """feasible, infeasible or failed."""
-        return "failed" if result.failed else ("feasible" if result.feasible else "infeasible")
+        """feasible, infeasible, screened or failed."""
+        return result.status
+
+    def status_label(self, result: TrialResult) -> str:
+        """The status in words: a load tool's failure says so."""
+        return "failed (load tool)" if result.tool_failure else result.status
 
 
 def load_report_data(output_dir: Path, storage: str | None = None) -> ReportData:
@@ -172,6 +176,27 @@ class Headline:
     title: str
     lines: list[str]
     tie: bool
+
+
+def stopped_trials(data: ReportData) -> list[tuple[int, str, str, str]]:
+    """Trials screened early or failed: (number, config, status in words, why); the reason names the windows."""
+    return [(r.number, r.config.describe(), data.status_label(r), r.screened_reason or r.failure_reason or "")
+            for r in data.results if r.screened or r.failed]
+
+
+def stopped_sentence(data: ReportData) -> str | None:
+    """How many trials were screened and how many the load tool lost, in words; None when neither."""
+    screened = sum(1 for r in data.results if r.screened)
+    tool = sum(1 for r in data.results if r.tool_failure)
+    parts = []
+    if screened:
+        parts.append(f"{screened} trial(s) screened: stopped after a few windows as clearly worse than the best "
+                     "trial (beyond the measured spread) or clearly over a constraint; their figures cover those "
+                     "windows only, and they are never the pick")
+    if tool:
+        parts.append(f"{tool} trial(s) lost to the load tool failing twice (a failure of the tool, not of the "
+                     "config; the sampler was not taught them)")
+    return "; ".join(parts) + "." if parts else None
 
 
 def energy_per_inference_mj(result: TrialResult) -> tuple[float, float, float] | None:

@@ -12,7 +12,15 @@ from tuner import paths
 from tuner.fileio import atomic_write
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, hardware_headline, hardware_line, headline, picks
+from tuner.report.data import (
+    ReportData,
+    energy_per_inference_mj,
+    hardware_headline,
+    hardware_line,
+    headline,
+    picks,
+    stopped_sentence,
+)
 from tuner.report.impact_view import impact_section
 from tuner.report.words import provenance_items
 from tuner.results import KNOBS
@@ -29,7 +37,8 @@ table{border-collapse:collapse;width:100%;background:#fff;font-size:.85em}
 th,td{border:1px solid #ddd;padding:4px 6px;text-align:right;white-space:nowrap}
 th{background:#f0f0f0;cursor:pointer;position:sticky;top:0} td.text{text-align:left;white-space:normal}
 tr.feasible td:first-child{border-left:4px solid #1b7837} tr.infeasible td:first-child{border-left:4px solid #b35806}
-tr.failed td:first-child{border-left:4px solid #777} tr.chosen{background:#fde0ef}
+tr.failed td:first-child{border-left:4px solid #777} tr.screened td:first-child{border-left:4px solid #4575b4}
+tr.chosen{background:#fde0ef}
 .scroll{max-height:600px;overflow:auto} dl{display:grid;grid-template-columns:220px 1fr;gap:4px 12px}
 dt{font-weight:600} dd{margin:0;word-break:break-all} .muted{color:#666;font-size:.9em}
 """
@@ -66,7 +75,7 @@ def trials_table(data: ReportData) -> str:
     knobs = list(KNOBS)
     heads = ["trial", "status", "infer/J", "± 95% CI", "mJ / inference", "throughput (infer/s)", "p99 (ms)",
              "p50 (ms)", "memory (MB)", *knobs, "energy source", "memory source", "concurrency", "failed req.",
-             "stable", "Pareto", "failure reason / constraint violations"]
+             "stable", "Pareto", "failure or screening reason / constraint violations"]
     pareto = set(data.pareto())
     rows = []
     for r in data.results:
@@ -76,7 +85,7 @@ def trials_table(data: ReportData) -> str:
         label = str(r.number) + (" (baseline)" if r.number == data.baseline_number else "") + (
             " (chosen)" if r.number == data.exported_number else "") + (
             " (best on this hardware)" if data.group_label and r.number == data.best_number else "")
-        cells = [f'<td data-v="{r.number}">{html.escape(label)}</td>', _cell(status)]
+        cells = [f'<td data-v="{r.number}">{html.escape(label)}</td>', _cell(data.status_label(r))]
         values = r.config.knobs()
         e = energy_per_inference_mj(r)
         broken = ", ".join(f"{k} +{v:.0%}" for k, v in r.violations.items() if v > 0 and k != "failed")
@@ -91,7 +100,8 @@ def trials_table(data: ReportData) -> str:
             _cell(m.energy_source if m else None, text=True),
             _cell(m.memory_source if m else None, text=True), _cell(m.load.get("concurrency") if m else None),
             _cell(m.failure_count if m else None), _cell(("yes" if m.stable else "no") if m else None),
-            _cell("yes" if r.number in pareto else ""), _cell(r.failure_reason or broken, text=True),
+            _cell("yes" if r.number in pareto else ""),
+            _cell(r.failure_reason or "; ".join(x for x in (r.screened_reason, broken) if x), text=True),
         ]
         rows.append(f'<tr class="{" ".join(classes)}">{"".join(cells)}</tr>')
     head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
@@ -147,11 +157,13 @@ def _headline_html(data: ReportData) -> str:
 def _results_html(data: ReportData, plots_html: _Plots, level: str) -> str:
     """Picks, impact, Pareto front and the trials table: everything that compares the trials' joules."""
     pareto, throughput = plots_html.html(plots.pareto_figure(data)), plots_html.html(plots.throughput_figure(data))
+    sentence = stopped_sentence(data)
+    stopped = f'<p class="stopped">{html.escape(sentence)}</p>' if sentence else ""
     return f"""<{level}>Most efficient vs fastest feasible config</{level}>{picks_table(data)}
 <{level}>Energy, carbon and cost at your traffic</{level}>{impact_section(data)}
 <{level}>Pareto front</{level}>
 <div class="grid"><div class="card">{pareto}</div><div class="card">{throughput}</div></div>
-<{level}>All trials</{level}><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>
+<{level}>All trials</{level}><p class="muted">Click a column to sort. Energy figures carry their source; ± is the 95% confidence interval over measurement windows.</p>{stopped}
 {trials_table(data)}"""
 
 

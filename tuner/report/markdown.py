@@ -10,7 +10,16 @@ from tuner.fileio import atomic_write
 from tuner.model_config import ModelConfig, apply_trial, to_text
 from tuner.objective import score
 from tuner.report import plots
-from tuner.report.data import ReportData, energy_per_inference_mj, hardware_headline, hardware_line, headline, picks
+from tuner.report.data import (
+    ReportData,
+    energy_per_inference_mj,
+    hardware_headline,
+    hardware_line,
+    headline,
+    picks,
+    stopped_sentence,
+    stopped_trials,
+)
 
 TOP_COUNT = 5
 
@@ -59,8 +68,18 @@ def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[
         out.append(f"| {r.number}{marks} | {r.config.describe()} | {score(m):.2f} ± {ci if ci == ci else 0:.2f} | "
                    f"{e[0] if e else float('nan'):.3f} | {m.throughput_per_s.mean:.0f} | {m.p99_ms.mean:.2f} | "
                    f"{m.memory_mb or float('nan'):.0f} |")
+    stopped = stopped_trials(data)
+    if stopped:
+        out += ["", f"{level}# Screened and failed trials", "", stopped_sentence(data) or "", "",
+                "| trial | config | status | why |", "|---|---|---|---|"]
+        out += [f"| {number} | {config} | {status} | {_cell(why)} |" for number, config, status, why in stopped]
     sources = ", ".join(data.summary.get("energy_sources") or [])
     return out + ["", f"Energy source: {sources}. Memory: {_memory_source(data)}."]
+
+
+def _cell(text: str) -> str:
+    """One Markdown table cell: one line, pipes escaped."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def render_markdown(data: ReportData, png_name: str | None) -> str:

@@ -13,8 +13,8 @@ from tuner.objective import score
 from tuner.report.data import ReportData
 from tuner.results import TrialResult
 
-STATUS_SYMBOL = {"feasible": "circle", "infeasible": "x"}
-COLORS = {"feasible": "#1b7837", "infeasible": "#b35806", "failed": "#777777"}
+STATUS_SYMBOL = {"feasible": "circle", "infeasible": "x", "screened": "triangle-down-open"}
+COLORS = {"feasible": "#1b7837", "infeasible": "#b35806", "screened": "#4575b4", "failed": "#777777"}
 
 
 def _ci(value: float) -> float:
@@ -24,7 +24,8 @@ def _ci(value: float) -> float:
 def _hover(data: ReportData, r: TrialResult) -> str:
     m = r.measurement
     assert m is not None
-    return (f"trial {r.number} ({data.status(r)})<br>{r.config.describe()}<br>"
+    screened = f"<br>{r.screened_reason}" if r.screened else ""  # partial windows: say why they stopped
+    return (f"trial {r.number} ({data.status(r)}){screened}<br>{r.config.describe()}<br>"
             f"{m.inferences_per_j.mean:.2f} ± {_ci(m.inferences_per_j.ci95):.2f} infer/J ({m.energy_source})<br>"
             f"p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
 
@@ -160,7 +161,7 @@ def pareto_png(data: ReportData, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for status, marker in (("feasible", "o"), ("infeasible", "x")):
+    for status, marker in (("feasible", "o"), ("infeasible", "x"), ("screened", "v")):
         group = [r for r in data.results if data.status(r) == status and r.measurement is not None]
         if group:
             ax.errorbar([r.measurement.p99_ms.mean for r in group if r.measurement],
