@@ -10,7 +10,7 @@ inferences per joule found) / (grid's best), (wall time) / (grid's wall time), h
 how many measured configs had dynamic batching off.
 
 usage: python bench/search_efficiency.py [--space default] [--model mlp] [--concurrency 4] [--window 1] [--seed 0]
-                                         [--trials 10]
+                                         [--seeds 0,1,2] [--trials 10]
 """
 
 from __future__ import annotations
@@ -89,8 +89,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None, help="comma-separated sampler seeds (default: --seed), one grid")
     parser.add_argument("--trials", type=int, default=10)
     args = parser.parse_args()
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reference, searched = work / "reference.yaml", work / "space.yaml"
@@ -100,21 +102,22 @@ def main() -> None:
         grid_best = best_ipj(grid)
         print(f"grid: {grid['trial_count']} configs measured (baseline included) in {grid_s:.0f} s; "
               f"best {grid_best:.2f} inferences/J ({', '.join(grid['energy_sources'])}), trial {grid['best']['trial']}")
-        print(f"searched space: {args.space} (sliced: instance_count 1-2, max_batch_size 8-32), TPE seed {args.seed}, "
-              f"concurrency {args.concurrency}, {args.trials} trials")
-        print("| search | best infer/J found / grid best | wall time / grid time | screened | "
+        print(f"searched space: {args.space} (sliced: instance_count 1-2, max_batch_size 8-32), TPE seeds "
+              f"{', '.join(map(str, seeds))}, concurrency {args.concurrency}, {args.trials} trials")
+        print("| search | seed | best infer/J found / grid best | wall time / grid time | screened | "
               "dynamic batching off | preferred size 1 |")
-        print("|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|")
         runs = (("before: sampler alone (--no-first-trials --no-screening)", ("--no-first-trials", "--no-screening")),
                 ("after: defaults (first trials, screening)", ()))
-        for label, extra in runs:
-            out = work / label.split(":")[0]
+        for seed, (label, extra) in ((seed, run) for seed in seeds for run in runs):
+            args.seed = seed
+            out = work / f"{label.split(':')[0]}-{seed}"
             found, seconds = run_search(out, searched, "tpe", args.trials, args, extra)
             measured = configs(out)
             screened = sum(1 for p in sorted((out / "trials").glob("trial-*.json"))
                            if (json.loads(p.read_text())["trial"].get("measurement") or {}).get("screened_reason"))
             off = sum(1 for knobs in measured if not knobs.get("dynamic_batching"))
-            print(f"| {label} | {best_ipj(found) / grid_best:.3f} | {seconds / grid_s:.3f} | {screened} of "
+            print(f"| {label} | {seed} | {best_ipj(found) / grid_best:.3f} | {seconds / grid_s:.3f} | {screened} of "
                   f"{len(measured)} | {off} of {len(measured)} | {sum(map(name_only, measured))} of {len(measured)} |")
         print("note: single measurements carry their spread (see each summary's 95% CIs); a ratio above 1 means "
               "the search measured a config near the grid's best and drew a higher value within that spread.")
