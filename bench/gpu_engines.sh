@@ -1,21 +1,13 @@
 #!/usr/bin/env bash
-# `bash bench/gpu_engines.sh` (after `bash ../shared/gpu/bundle.sh` made .gpu/): issue 13/14 on a GPU. The same 2x2 grid of the reference model (instances 1-2 x dynamic
+# `bash bench/gpu_engines.sh` (after `bash bench/gpu_bundle.sh` made .gpu/): issue 13/14 on a GPU. The same 2x2 grid of the reference model (instances 1-2 x dynamic
 # batching off/on, max batch 64, concurrency 32, NVML on GPU 0) searched by greentune with each load engine
 # (perf_analyzer, then built-in), in one call; then a 3-trial shared (journal) study with the default engine.
 # env: PY, KIND (KIND_GPU), METER (nvml), WIN (5), MAXW (3). Dry run on CPU: KIND=KIND_CPU METER=estimate GMLP_DIMS=1024,64,1024
 set -u
 export PYTHONUNBUFFERED=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd); G=$ROOT/.gpu  # built by ../shared/gpu/bundle.sh
-O=${OUT:-/tmp/gpu_out}; mkdir -p "$O"; W=${WORK:-/tmp/gt}; rm -rf "$W"; mkdir -p "$W"
-PY=${PY:-python3}; KIND=${KIND:-KIND_GPU}; METER=${METER:-nvml}; WIN=${WIN:-5}; MAXW=${MAXW:-3}
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-nvidia-smi --query-gpu=name,driver_version,power.limit,memory.used --format=csv 2>&1 | tee "$O/smi.txt"
-export GREENTUNE_CACHE=$W/cache; mkdir -p "$GREENTUNE_CACHE"; tar -xJf "$G/triton_cache.tar.xz" -C "$GREENTUNE_CACHE" || exit 1
-PA=$GREENTUNE_CACHE/perf_analyzer-2.51.0/bin; mkdir -p "$PA"; xz -dc "$G/perf_analyzer.xz" > "$PA/perf_analyzer"; chmod +x "$PA/perf_analyzer"
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$W/site" "$G"/whl/*.whl || exit 1
-export PYTHONPATH=$W/site:$ROOT
-R=$W/repo; mkdir -p "$R"; cp -r "$G/gmlp" "$R/"; sp=$W/grid2x2.yaml; sed "s/KIND_GPU/$KIND/" "$G/grid2x2.yaml" > "$sp"
-[ "$KIND" != KIND_GPU ] && sed -i "s/KIND_GPU/$KIND/" "$R/gmlp/config.pbtxt"
+. "$(dirname "$0")/gpu_setup.sh"  # ROOT, G, O, W, PY, KIND, METER, R, el
+WIN=${WIN:-5}; MAXW=${MAXW:-3}
+sp=$W/grid2x2.yaml; sed "s/KIND_GPU/$KIND/" "$G/grid2x2.yaml" > "$sp"
 el setup
 M=(--energy-meter "$METER"); [ "$METER" = nvml ] && M+=(--gpus 0)
 L=(-c 32 --warmup 2 --window "$WIN" --max-windows "$MAXW" "${M[@]}")

@@ -11,18 +11,9 @@
 # CPU dry run: PY=python3.12 KIND=KIND_CPU METER=estimate GMLP_DIMS=1024,64,1024 bash bench/gpu_search.sh
 set -u
 export PYTHONUNBUFFERED=1
-ROOT=$(cd "$(dirname "$0")/.." && pwd); G=$ROOT/.gpu
-O=${OUT:-/tmp/gpu_out}; mkdir -p "$O"; W=${WORK:-/tmp/gt}; rm -rf "$W"; mkdir -p "$W"
-PY=${PY:-python3}; KIND=${KIND:-KIND_GPU}; METER=${METER:-nvml}; TRIALS=${TRIALS:-10}; LIMIT_S=${LIMIT_S:-570}
+. "$(dirname "$0")/gpu_setup.sh"  # ROOT, G, O, W, PY, KIND, METER, R, el
+TRIALS=${TRIALS:-10}; LIMIT_S=${LIMIT_S:-570}
 PARTS=${PARTS:-search grid cost}; has() { case " $PARTS " in *" $1 "*) return 0;; esac; return 1; }
-t0=$(date +%s); el() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-nvidia-smi --query-gpu=name,driver_version,power.limit,memory.used --format=csv 2>&1 | tee "$O/smi.txt"
-export GREENTUNE_CACHE=$W/cache; mkdir -p "$GREENTUNE_CACHE"; tar -xJf "$G/triton_cache.tar.xz" -C "$GREENTUNE_CACHE" || exit 1
-PA=$GREENTUNE_CACHE/perf_analyzer-2.43.0/bin; mkdir -p "$PA"; xz -dc "$G/perf_analyzer.xz" > "$PA/perf_analyzer"; chmod +x "$PA/perf_analyzer"
-"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$W/site" "$G"/whl/*.whl || exit 1
-export PYTHONPATH=$W/site:$ROOT
-R=$W/repo; mkdir -p "$R"; cp -r "$G/gmlp" "$R/"
-[ "$KIND" != KIND_GPU ] && sed -i "s/KIND_GPU/$KIND/" "$R/gmlp/config.pbtxt"
 SP=$W/gpu.yaml; sed "s/KIND_GPU/$KIND/" "$ROOT/search_spaces/gpu.yaml" > "$SP"
 GRID=$W/grid9.yaml; cat > "$GRID" <<YAML
 version: 1
