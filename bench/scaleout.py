@@ -41,8 +41,9 @@ FAST = ["--warmup", "0.5", "--window", "1", "--max-windows", "6", "--stability",
 def overhead(url: str, workers: int, trials: int) -> float:
     """Seconds of coordination per trial: the shared loop with a zero-time bench."""
     from tests.unit.test_search_loop import FakeBench, make_job
+    from tuner.job import SearchSettings
     from tuner.storage import Heartbeat
-    from tuner.study import Search, SearchSettings
+    from tuner.study import Search
 
     settings = SearchSettings(trials=trials, storage=url, study=f"overhead-{uuid.uuid4().hex[:8]}",
                               heartbeat=Heartbeat(5, 30), poll_s=0.01)

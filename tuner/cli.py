@@ -22,9 +22,9 @@ from tuner.results import Measurement, Spread
 if TYPE_CHECKING:
     from tuner.bench import LoadPolicy
     from tuner.events import Event, Progress
+    from tuner.job import SearchJob, SearchSettings
     from tuner.measure import MeasureSettings
     from tuner.server.base import ServerLauncher
-    from tuner.study import SearchJob, SearchSettings
 
 console = Console(stderr=True, emoji=False)  # user values such as :x: print as given
 out = Console(emoji=False)
@@ -556,12 +556,12 @@ def search(**flags: Any) -> None:
 
 def _search_job(flags: dict[str, Any]) -> tuple[SearchJob, SearchSettings]:
     from tuner.inputs import parse_shape_options
+    from tuner.job import SearchJob, SearchSettings, parse_duration
     from tuner.measure import InputSource
     from tuner.model_config import load_model_config
     from tuner.objective import Constraints
     from tuner.space import builtin_space, builtin_space_names, load_space
     from tuner.storage import Heartbeat
-    from tuner.study import SearchJob, SearchSettings, parse_duration
 
     base = load_model_config(flags["model_repository"], flags["model"])
     name = flags["space_name"]

@@ -11,6 +11,7 @@ from tuner import paths
 from tuner.errors import StorageError
 from tuner.fileio import atomic_path
 from tuner.impact import ImpactInputs, annual_summary, impact_summary, trial_per_million
+from tuner.job import SearchJob
 from tuner.model_config import to_text
 from tuner.objective import (
     OBJECTIVES,
@@ -27,7 +28,7 @@ from tuner.pruning import SINGLE_WINDOW_SDS
 from tuner.redact import mask_url, redact
 from tuner.results import KNOBS, TrialResult, group_by_hardware, hardware_group, write_json
 from tuner.screening import P99_FAR_FACTOR
-from tuner.study import SearchJob, SearchOutcome
+from tuner.study import SearchOutcome
 
 
 def _brief(result: TrialResult | None) -> dict[str, Any] | None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tuner.bench import TrialBench
 from tuner.errors import BadInput
-from tuner.study import Search, SearchJob, SearchOutcome, SearchSettings
+from tuner.job import SearchJob, SearchSettings
+from tuner.study import Search, SearchOutcome
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from tuner import model_config
 from tuner.cli import build_load, cli, parse_gpus, parse_ports
 from tuner.errors import BadInput
 from tuner.inputs import parse_shape_options
+from tuner.job import parse_duration
 from tuner.model_config import load_model_config, parse_set_options, read_model_config, write_model_config
 from tuner.results import TrialConfig
-from tuner.study import parse_duration
 
 REPO = str(MODEL_REPOSITORY)
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)

@@ -21,6 +21,7 @@ from tests.conftest import MODEL_REPOSITORY
 from tuner import events
 from tuner.bench import MAX_SERVER_RESTARTS, Bench, LoadPolicy
 from tuner.errors import ServerError
+from tuner.job import SearchJob, SearchSettings
 from tuner.load import LoadSpec
 from tuner.measure import InputSource, MeasureSettings
 from tuner.model_config import load_model_config
@@ -28,7 +29,7 @@ from tuner.objective import Constraints
 from tuner.results import TrialConfig
 from tuner.server.base import Server
 from tuner.space import parse_space
-from tuner.study import Search, SearchJob, SearchSettings
+from tuner.study import Search
 
 BASE = load_model_config(MODEL_REPOSITORY, "mlp")
 QUICK = MeasureSettings(warmup_s=0.05, window_s=0.3, max_windows=3, stability_tolerance=0.9, idle_s=0)

@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from tests.unit.test_search_loop import BASE, FakeBench, efficiency, make_job
 from tests.unit.test_shared_study import FAST, GpuBench
 from tuner.cli import cli
+from tuner.job import SearchSettings
 from tuner.model_config import trial_of
 from tuner.outputs import summary_document
 from tuner.results import Hardware, TrialResult
 from tuner.search_run import save_summary
 from tuner.storage import open_storage
-from tuner.study import BUDGET_ATTR, Search, SearchSettings
+from tuner.study import BUDGET_ATTR, Search
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import MODEL_REPOSITORY
 from tests.unit.test_objective import C, measurement
 from tuner.bench import LoadPolicy
+from tuner.job import SearchJob
 from tuner.load import LoadSpec
 from tuner.measure import InputSource, MeasureSettings
 from tuner.model_config import load_model_config
@@ -22,7 +23,7 @@ from tuner.report.html import render_html
 from tuner.report.markdown import render_markdown
 from tuner.results import TrialConfig, TrialResult, clean_json
 from tuner.space import builtin_space
-from tuner.study import SearchJob, SearchOutcome
+from tuner.study import SearchOutcome
 
 
 def trial(number: int, ipj: float, tput: float, p99: float = 5.0) -> TrialResult:
@@ -99,7 +100,8 @@ def test_no_feasible_config_leaves_both_picks_empty(tmp_path):
 
 def test_the_objective_is_recorded_and_resume_with_another_is_refused(tmp_path):
     from tuner.errors import BadInput
-    from tuner.study import SearchSettings, open_study
+    from tuner.job import SearchSettings
+    from tuner.study import open_study
 
     study, _ = open_study(job(tmp_path, "efficiency"), SearchSettings())
     assert study.user_attrs["settings"]["objective"] == "efficiency"
@@ -111,7 +113,8 @@ def test_the_objective_is_recorded_and_resume_with_another_is_refused(tmp_path):
 
 def test_a_study_recorded_before_objectives_existed_resumes_as_efficiency(tmp_path):
     from tuner.errors import BadInput
-    from tuner.study import SearchSettings, open_study
+    from tuner.job import SearchSettings
+    from tuner.study import open_study
 
     study, _ = open_study(job(tmp_path, "efficiency"), SearchSettings())
     old = {k: v for k, v in study.user_attrs["settings"].items() if k != "objective"}

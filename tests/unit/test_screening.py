@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from tests.unit.test_search_loop import BASE, CPU_SPACE, TWO_CONFIGS, FakeBench, efficiency, make_job, study_of
 from tuner import events, paths
 from tuner.errors import LoadToolError
+from tuner.job import SearchSettings
 from tuner.model_config import trial_of
 from tuner.objective import Constraints, best_trial, closest_trial, pareto_front, violations
 from tuner.outputs import summary_document, trials_frame, write_outputs
@@ -24,7 +25,7 @@ from tuner.results import Measurement, Spread, TrialConfig, TrialResult, Window
 from tuner.screening import ScreenWindow, constraint_breach, window_value
 from tuner.stopping import Stopping
 from tuner.storage import open_storage
-from tuner.study import Search, SearchSettings, recorded_results
+from tuner.study import Search, recorded_results
 
 NOISE = (0.98, 1.02, 1.0)  # real windows scatter by a few percent; so do these
 

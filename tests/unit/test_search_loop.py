@@ -15,6 +15,7 @@ from tests.conftest import MODEL_REPOSITORY
 from tuner import events, paths
 from tuner.bench import LoadPolicy
 from tuner.errors import StorageError
+from tuner.job import SearchJob, SearchSettings
 from tuner.load import LoadSpec
 from tuner.measure import InputSource, MeasureSettings
 from tuner.model_config import load_model_config, trial_of
@@ -22,7 +23,7 @@ from tuner.objective import CONSTRAINT_NAMES, FAILED_VIOLATION, Constraints, vio
 from tuner.results import Measurement, Spread, TrialConfig, TrialResult, Window
 from tuner.space import parse_space
 from tuner.stopping import MAX_CONSECUTIVE_DUPLICATES, MAX_CONSECUTIVE_FAILURES, Stopping
-from tuner.study import REPEATED_ATTR, Search, SearchJob, SearchSettings
+from tuner.study import REPEATED_ATTR, Search
 
 CPU_SPACE = """
 knobs:

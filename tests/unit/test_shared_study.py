@@ -12,8 +12,9 @@ from optuna.trial import TrialState
 
 from tests.unit.test_search_loop import FakeBench, make_job
 from tuner.errors import BadInput
+from tuner.job import SearchSettings
 from tuner.storage import HEARTBEAT_ATTR, Heartbeat, journal_path, mask_url, open_storage
-from tuner.study import BUDGET_ATTR, EFFECTIVE_KEY_ATTR, Search, SearchSettings, fail_stale, open_study_storage
+from tuner.study import BUDGET_ATTR, EFFECTIVE_KEY_ATTR, Search, fail_stale, open_study_storage
 
 FAST = Heartbeat(interval_s=1, grace_s=2)
 
