@@ -1,7 +1,7 @@
 """Scale-out: trials per minute with 1 and 2 `greentune worker` processes on one shared study, and the per-trial
 coordination overhead (time in storage calls: ask, dedupe reads, heartbeats, tell, result attributes).
 
-1. Coordination overhead, no server: the real shared-study loop (tuner.study.Search) with a bench that measures
+1. Coordination overhead, no server: the real shared-study loop (tuner.search.Search) with a bench that measures
    in zero time, so every second spent is storage and bookkeeping; per trial, for 1 and 2 workers (threads), on a
    journal file and, with --postgres URL, on PostgreSQL.
 2. Throughput, real servers: 1 worker, then 2 workers (each with its own embedded CPU Triton server) on a journal
@@ -42,8 +42,8 @@ def overhead(url: str, workers: int, trials: int) -> float:
     """Seconds of coordination per trial: the shared loop with a zero-time bench."""
     from tests.unit.test_search_loop import FakeBench, make_job
     from tuner.job import SearchSettings
+    from tuner.search import Search
     from tuner.storage import Heartbeat
-    from tuner.study import Search
 
     settings = SearchSettings(trials=trials, storage=url, study=f"overhead-{uuid.uuid4().hex[:8]}",
                               heartbeat=Heartbeat(5, 30), poll_s=0.01)

@@ -13,7 +13,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from tuner.errors import LoadGenerationError, LoadToolError, MeterUnavailable, ModelLoadError, ServerDied, ServerError
+from tuner.engines import resolve_engine
+from tuner.errors import (
+    BadInput,
+    LoadGenerationError,
+    LoadToolError,
+    MeterUnavailable,
+    ModelLoadError,
+    ServerDied,
+    ServerError,
+)
 from tuner.events import IdleMeasuring, Progress, ServerRestarted, emit
 from tuner.load import LoadSpec
 from tuner.measure import (
@@ -28,10 +37,12 @@ from tuner.measure import (
 )
 from tuner.meters.base import Meter
 from tuner.meters.select import MeterChoice
-from tuner.model_config import ModelConfig, trial_of
+from tuner.model_config import ModelConfig, apply_trial, read_model_config, trial_of, write_model_config
 from tuner.objective import Constraints, violations
+from tuner.provenance import environment
 from tuner.results import Measurement, TrialConfig, TrialResult
 from tuner.screening import Screen
+from tuner.server import control
 from tuner.server.base import Server, ServerLauncher
 
 MAX_SERVER_RESTARTS = 3
@@ -50,6 +61,34 @@ class LoadPolicy:
     def auto(cls, max_p99_ms: float, template: LoadSpec) -> LoadPolicy:
         """--concurrency auto under --max-p99-ms; `template` carries --request-timeout and the engine."""
         return cls(template, max_p99_ms)
+
+    @classmethod
+    def from_flags(cls, concurrency: str | None, request_rate: float | None, request_timeout: float,
+                   allow_auto: bool = False, max_p99_ms: float | None = None, load_generator: str = "builtin",
+                   perf_analyzer: Path | None = None) -> LoadPolicy:
+        """The policy from --concurrency N|auto, --request-rate, --request-timeout, --load-generator and
+        --perf-analyzer: closed loop at concurrency 8 unless told otherwise, or auto under max_p99_ms (search only).
+        The load generator is resolved here (auto: perf_analyzer where found, else builtin) and kept in the spec."""
+        engine = resolve_engine(load_generator, perf_analyzer)
+        if concurrency == "auto":
+            if not allow_auto:
+                raise BadInput("--concurrency auto is only for search; give a number of concurrent requests")
+            if request_rate is not None:
+                raise BadInput("give either --concurrency auto or --request-rate, not both")
+            if max_p99_ms is None:
+                raise BadInput("--concurrency auto needs --max-p99-ms (the latency each config is driven up to)")
+            return cls.auto(max_p99_ms, LoadSpec(concurrency=1, request_timeout_s=request_timeout, engine=engine,
+                                                 perf_analyzer=perf_analyzer))
+        count: int | None = None
+        if concurrency is not None:
+            try:
+                count = int(concurrency)
+            except ValueError:
+                raise BadInput(f"--concurrency {concurrency}: expected a positive integer or auto") from None
+        elif request_rate is None:
+            count = 8
+        return cls(LoadSpec(concurrency=count, request_rate_per_s=request_rate, request_timeout_s=request_timeout,
+                            engine=engine, perf_analyzer=perf_analyzer))
 
     def describe(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
@@ -149,9 +188,6 @@ class Bench:
         self.idle_power_w = self._measure_idle(context)
         self._context = replace(context, idle_power_w=sum(self.idle_power_w.values()) if self.idle_power_w else None)
         if not self.environment:
-            from tuner.provenance import environment
-            from tuner.server import control
-
             self.environment = environment(control.server_version(server), server.details.get("source", server.kind))
 
     def _measure_idle(self, context: MeasureContext) -> dict[str, float]:
@@ -225,12 +261,17 @@ class Bench:
         return measure_trial(context, config, spec, screen)
 
     def export(self, config: TrialConfig, path: Path) -> Path:
-        """Load the config, answer one smoke inference, then write it to path atomically."""
-        from tuner.export import export_config
-
+        """Load the config, answer one smoke inference, then write it to path atomically and read it back."""
         self._ensure_alive()
         self._preloaded = None
-        return export_config(self._ctx(), config, path)
+        context = self._ctx()
+        rendered = apply_trial(context.base, config)
+        samples = load_trial(context, config)
+        control.smoke_infer(context.server, context.model, samples[0])
+        write_model_config(rendered, path)
+        if read_model_config(path) != rendered:  # pragma: no cover - would mean a broken filesystem
+            raise OSError(f"{path}: written config does not read back equal")
+        return path
 
 
 def _meter_details(meter: Meter) -> dict[str, Any]:

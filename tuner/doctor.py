@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from tuner.engines.pa_install import TRITONCLIENT_VERSION, find_perf_analyzer
 from tuner.meters.rapl import RAPL_ACCESS_ADVICE
 from tuner.redact import mask_url, redact
 from tuner.server.embedded import PYTRITON_VERSION, cache_dir, embedded_triton
@@ -51,8 +52,6 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
 
 
 def _perf_analyzer_check(fetch: bool) -> Check:
-    from tuner.engines.pa_install import TRITONCLIENT_VERSION, find_perf_analyzer
-
     name = "perf_analyzer (load generator)"
     try:
         found = find_perf_analyzer(allow_fetch=fetch)

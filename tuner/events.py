@@ -125,8 +125,15 @@ class ImagePulling:
     total_bytes: int = 0
 
 
+@dataclass(frozen=True)
+class Warned:
+    """Something the user should know before the results, e.g. --parallel on CPU: servers share the cores."""
+
+    text: str
+
+
 Event = (ModelLoading | IdleMeasuring | EngineStarted | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
-         | TrialRetried | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling)
+         | TrialRetried | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling | Warned)
 Progress = Callable[[Event], None]
 
 

@@ -1,4 +1,4 @@
-"""Write the chosen config.pbtxt atomically, after loading it once into the server to prove it works."""
+"""greentune export: a saved search's trial written as config.pbtxt, after a Bench loads and serves it once."""
 
 from __future__ import annotations
 
@@ -9,29 +9,16 @@ from typing import Any
 from google.protobuf import text_format
 
 from tuner import paths
+from tuner.bench import Bench
 from tuner.errors import BadInput
-from tuner.measure import InputSource, MeasureContext, load_trial
-from tuner.model_config import ModelConfig, apply_trial, read_model_config, write_model_config
-from tuner.results import TrialConfig, TrialResult
-from tuner.server import control
+from tuner.measure import InputSource
+from tuner.model_config import ModelConfig, apply_trial, write_model_config
+from tuner.results import TrialResult
 from tuner.server.base import ServerLauncher
-
-
-def export_config(ctx: MeasureContext, config: TrialConfig, path: Path) -> Path:
-    """Load config on the server, run a smoke inference, then write path (temp file + rename, re-read to verify)."""
-    rendered = apply_trial(ctx.base, config)
-    samples = load_trial(ctx, config)
-    control.smoke_infer(ctx.server, ctx.model, samples[0])
-    write_model_config(rendered, path)
-    if read_model_config(path) != rendered:  # pragma: no cover - would mean a broken filesystem
-        raise OSError(f"{path}: written config does not read back equal")
-    return path
 
 
 def export_trial(output_dir: Path, number: int, destination: Path | None, launcher: ServerLauncher | None) -> Path:
     """Write trial `number` of a saved search as config.pbtxt; with a launcher, prove it loads and serves first."""
-    from tuner.bench import Bench
-
     output_dir = Path(output_dir)
     summary_path = paths.summary_path(output_dir)
     record = paths.trial_record_path(output_dir, number)

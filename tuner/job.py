@@ -14,13 +14,16 @@ from typing import Any
 from tuner.bench import Bench, LoadPolicy
 from tuner.errors import BadInput
 from tuner.events import Progress
-from tuner.impact import ImpactInputs
+from tuner.impact import ImpactInputs, resolve_inputs
+from tuner.inputs import parse_shape_options
 from tuner.measure import InputSource, MeasureSettings
 from tuner.meters.select import MeterChoice
-from tuner.model_config import ModelConfig, to_text
+from tuner.model_config import ModelConfig, load_model_config, to_text
 from tuner.objective import Constraints, check_objective
+from tuner.results import ensure_writable_dir
 from tuner.server.base import ServerLauncher
-from tuner.space import Space
+from tuner.server.choose import parse_gpus
+from tuner.space import Space, space_from_name
 from tuner.storage import Heartbeat
 
 SAMPLERS = ("tpe", "gp", "grid", "random")
@@ -45,6 +48,18 @@ class SearchSettings:
     allow_mixed_hardware: bool = False  # shared studies: accept workers with another GPU model or meter
     first_trials: bool = True  # queue Space.first_params after the baseline (--no-first-trials: the sampler alone)
     screening: bool = True  # stop a trial early once clearly worse than the best, or clearly infeasible
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> SearchSettings:
+        """The settings from --trials, --timeout, --patience, --sampler, --seed, --storage, --study, --resume,
+        --repeats, the shared-study flags, --screening and --first-trials (worker has no --resume or --repeats)."""
+        timeout_s = parse_duration(flags["timeout"]) if flags["timeout"] else None
+        return cls(trials=flags["trials"], timeout_s=timeout_s, patience=flags["patience"], sampler=flags["sampler"],
+                   seed=flags["seed"], storage=flags["storage"], resume=flags.get("resume", False),
+                   repeats=flags.get("repeats", 1), study=flags["study"],
+                   heartbeat=Heartbeat(flags["heartbeat_interval"], flags["grace_period"]),
+                   allow_mixed_hardware=flags["allow_mixed_hardware"], screening=flags.get("screening", True),
+                   first_trials=flags.get("first_trials", True))
 
     @property
     def shared(self) -> bool:
@@ -103,6 +118,26 @@ class SearchJob:
     objective: str = "efficiency"  # --objective: what the study maximises and which config is exported
 
     impact: ImpactInputs = field(default_factory=ImpactInputs)  # stated traffic, carbon, prices (reports only)
+
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> SearchJob:
+        """The job from the model, space, constraint, load, meter, impact and output flags; the output folder is
+        created and proven writable."""
+        base = load_model_config(flags["model_repository"], flags["model"])
+        space = space_from_name(flags["space_name"])
+        impact = resolve_inputs(flags, space.impact, space.source)  # the impact flags over the space's impact: block
+        constraints = Constraints.merge(space.constraints, min_throughput=flags["min_throughput"],
+                                        max_p99_ms=flags["max_p99_ms"], max_memory_mb=flags["max_memory_mb"])
+        load = LoadPolicy.from_flags(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
+                                     allow_auto=True, max_p99_ms=constraints.max_p99_ms,
+                                     load_generator=flags["load_generator"], perf_analyzer=flags["perf_analyzer"])
+        measure = MeasureSettings.from_flags(flags)
+        ensure_writable_dir(flags["output"])
+        return cls(model_repository=flags["model_repository"], model=flags["model"], base=base, space=space,
+                   constraints=constraints, load=load,
+                   inputs=InputSource(parse_shape_options(flags["shape"]), flags["input_data"]), measure=measure,
+                   output=flags["output"], energy_meter=flags["energy_meter"], cpu_tdp_watts=flags["cpu_tdp_watts"],
+                   gpus=parse_gpus(flags["gpus"]), objective=flags["objective"], impact=impact)
 
     def __post_init__(self) -> None:
         check_objective(self.objective)

@@ -1,20 +1,16 @@
-"""Load generator: asyncio gRPC closed loop (or open loop at a fixed rate), measured in windows. Knows no energy."""
+"""The load a trial runs under (LoadSpec), what one window of it completed (WindowStats) and when windows are stable.
+
+The engines in tuner/engines/ generate the load; this module knows no gRPC and no energy.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import InferInput
-from tritonclient.utils import InferenceServerException
 
 from tuner.errors import BadInput
-from tuner.inputs import Sample
 
 MAX_ERROR_SAMPLES = 5
 FAILURE_BACKOFF_S = 0.01
@@ -89,117 +85,3 @@ def is_stable(throughputs: list[float], p99s_ms: list[float], tolerance: float, 
         if mean <= 0 or any(abs(v - mean) > tolerance * mean for v in series):
             return False
     return True
-
-
-class LoadGenerator:
-    """Drives one model with requests; `await window(seconds)` returns what completed in that span."""
-
-    def __init__(self, grpc_url: str, model: str, samples: list[Sample], spec: LoadSpec) -> None:
-        self.grpc_url = grpc_url
-        self.model = model
-        self.samples = samples
-        self.spec = spec
-        self._current: WindowStats | None = None
-        self._stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
-        self._client: grpcaio.InferenceServerClient | None = None
-        self._inputs = [self.make_inputs(s) for s in samples]
-
-    @staticmethod
-    def make_inputs(sample: Sample) -> list[InferInput]:
-        inputs = []
-        for name, array in sample.items():
-            dtype = "BYTES" if array.dtype == np.object_ else _triton_dtype(array.dtype)
-            item = InferInput(name, list(array.shape), dtype)
-            item.set_data_from_numpy(array)
-            inputs.append(item)
-        return inputs
-
-    async def __aenter__(self) -> LoadGenerator:
-        self._client = grpcaio.InferenceServerClient(self.grpc_url)
-        if self.spec.concurrency is not None:
-            self._tasks = [asyncio.create_task(self._closed_loop(i)) for i in range(self.spec.concurrency)]
-        else:
-            self._tasks = [asyncio.create_task(self._open_loop())]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.close()
-
-    async def window(self, duration_s: float) -> WindowStats:
-        """Collect completions for duration_s seconds (monotonic clock)."""
-        start = time.perf_counter()
-        stats = WindowStats(duration_s=duration_s)
-        self._current = stats
-        await asyncio.sleep(duration_s)
-        self._current = None
-        stats.duration_s = time.perf_counter() - start
-        return stats
-
-    async def _one(self, index: int, sent: float) -> None:
-        assert self._client is not None
-        inputs = self._inputs[index % len(self._inputs)]
-        try:
-            await self._client.infer(self.model, inputs, client_timeout=self.spec.request_timeout_s)
-            ok, message = True, ""
-        except InferenceServerException as exc:
-            ok, message = False, exc.message() or str(exc)
-        except Exception as exc:  # grpc transport errors surface as plain exceptions
-            ok, message = False, f"{type(exc).__name__}: {exc}"
-        latency_ms = (time.perf_counter() - sent) * 1000.0
-        stats = self._current
-        if stats is not None:
-            if ok:
-                stats.latencies_ms.append(latency_ms)
-            else:
-                stats.failure_count += 1
-                if len(stats.errors) < MAX_ERROR_SAMPLES:
-                    stats.errors.append(message.splitlines()[0][:200] if message else "request failed")
-        if not ok:
-            await asyncio.sleep(FAILURE_BACKOFF_S)
-
-    async def _closed_loop(self, worker: int) -> None:
-        index = worker
-        while not self._stopping:
-            await self._one(index, time.perf_counter())
-            index += self.spec.concurrency or 1
-
-    async def _open_loop(self) -> None:
-        rate = float(self.spec.request_rate_per_s or 1.0)
-        interval = 1.0 / rate
-        next_send = time.perf_counter()
-        index = 0
-        pending: set[asyncio.Task[None]] = set()
-        while not self._stopping:
-            now = time.perf_counter()
-            if now < next_send:
-                await asyncio.sleep(next_send - now)
-            if len(pending) >= self.spec.max_outstanding:
-                # The server cannot keep up with the offered rate: count the request as failed, do not queue forever.
-                stats = self._current
-                if stats is not None:
-                    stats.failure_count += 1
-                    if len(stats.errors) < MAX_ERROR_SAMPLES:
-                        stats.errors.append(f"over {self.spec.max_outstanding} requests outstanding at the offered rate")
-            else:
-                task = asyncio.create_task(self._one(index, next_send))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            index += 1
-            next_send += interval
-        for task in pending:
-            task.cancel()
-
-
-def _triton_dtype(dtype: np.dtype) -> str:
-    from tritonclient.utils import np_to_triton_dtype
-
-    return str(np_to_triton_dtype(dtype))

@@ -43,6 +43,14 @@ class MeasureSettings:
     idle_s: float = 3.0
     energy_accounting: str = "total"
 
+    @classmethod
+    def from_flags(cls, flags: dict[str, Any]) -> MeasureSettings:
+        """The settings from --warmup, --window, --max-windows, --stability, --idle-seconds, --energy-accounting and
+        --max-failure-rate."""
+        return cls(warmup_s=flags["warmup"], window_s=flags["window"], max_windows=flags["max_windows"],
+                   stability_tolerance=flags["stability"], idle_s=flags["idle_seconds"],
+                   energy_accounting=flags["energy_accounting"], max_failure_rate=flags["max_failure_rate"])
+
     def __post_init__(self) -> None:
         if self.energy_accounting not in ("total", "dynamic"):
             raise BadInput(f"--energy-accounting {self.energy_accounting}: expected total or dynamic")

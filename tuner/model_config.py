@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from google.protobuf import json_format, text_format
 
 from tuner.errors import BadInput
+from tuner.fileio import atomic_write
 from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, TrialConfig, normalize_kind
 
 PB2_MODULE = "tritonclient.grpc.model_config_pb2"
@@ -157,6 +158,15 @@ def trial_of(config: ModelConfig) -> TrialConfig:
     )
 
 
+
+def effective_key(base: ModelConfig, trial: TrialConfig) -> str | None:
+    """The identity of the config the server runs (two knob sets that render the same model config are one); None
+    when the knobs are invalid for this model."""
+    try:
+        return trial_of(apply_trial(base, trial)).key()
+    except BadInput:
+        return None
+
 def to_json(config: ModelConfig) -> str:
     """The config as JSON for tritonclient's load_model(config=...)."""
     return json_format.MessageToJson(config, preserving_proto_field_name=True)
@@ -169,8 +179,6 @@ def to_text(config: ModelConfig) -> str:
 
 def write_model_config(config: ModelConfig, path: Path) -> None:
     """Write config.pbtxt atomically: a temp file in the same folder, fsync, rename."""
-    from tuner.fileio import atomic_write
-
     atomic_write(Path(path), to_text(config))
 
 

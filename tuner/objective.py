@@ -110,6 +110,13 @@ def objective_value(measurement: Measurement | None, objective: str = "efficienc
     return value if math.isfinite(value) else 0.0
 
 
+
+def window_values(measurement: Measurement, objective: str) -> list[float]:
+    """The objective per recorded window: inferences per joule (efficiency) or per second (throughput)."""
+    if objective == "throughput":
+        return [w.throughput_per_s for w in measurement.windows]
+    return [w.success_count / w.energy_j for w in measurement.windows if w.energy_j]
+
 def best_trial(results: list[TrialResult], objective: str = "efficiency") -> TrialResult | None:
     """The feasible trial that maximises the objective: most inferences per joule (ties: higher throughput, then
     lower number) or, for "throughput", the fastest (see fastest_trial)."""

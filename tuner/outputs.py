@@ -28,7 +28,7 @@ from tuner.pruning import SINGLE_WINDOW_SDS
 from tuner.redact import mask_url, redact
 from tuner.results import KNOBS, TrialResult, group_by_hardware, hardware_group, write_json
 from tuner.screening import P99_FAR_FACTOR
-from tuner.study import SearchOutcome
+from tuner.search import SearchOutcome
 
 
 def _brief(result: TrialResult | None) -> dict[str, Any] | None:
@@ -252,13 +252,30 @@ def _per_million_columns(result: TrialResult, impact: ImpactInputs) -> dict[str,
 def write_outputs(job: SearchJob, outcome: SearchOutcome, exported: Path | None = None) -> None:
     """Write summary.json and trials.csv atomically; a full disk or a lost folder is one line naming the file (the
     trials themselves are already saved, so --resume rebuilds both)."""
-    target = paths.summary_path(job.output)
+    write_summary(job.output, summary_document(job, outcome, exported))
+    write_trials_csv(job.output, outcome.results, outcome.baseline, job.impact)
+
+
+def write_summary(output: Path, document: dict[str, Any]) -> None:
+    """OUTPUT/summary.json, atomically; a failure is one line naming the file."""
+    target = paths.summary_path(output)
     try:
-        write_json(target, summary_document(job, outcome, exported))
-        frame = trials_frame(outcome.results, outcome.baseline, job.impact)
-        target = paths.trials_csv_path(job.output)
-        with atomic_path(target) as tmp:
-            frame.to_csv(tmp, index=False)
+        write_json(target, document)
     except OSError as exc:
-        raise StorageError(f"cannot write {target}: {exc.strerror or exc}; search stopped (every finished trial is "
-                           f"saved: --resume continues)") from None
+        raise _write_error(target, exc) from None
+
+
+def write_trials_csv(output: Path, results: list[TrialResult], baseline: TrialResult | None,
+                     impact: ImpactInputs) -> None:
+    """OUTPUT/trials.csv (trials_frame), atomically; a failure is one line naming the file."""
+    target = paths.trials_csv_path(output)
+    try:
+        with atomic_path(target) as tmp:
+            trials_frame(results, baseline, impact).to_csv(tmp, index=False)
+    except OSError as exc:
+        raise _write_error(target, exc) from None
+
+
+def _write_error(target: Path, exc: OSError) -> StorageError:
+    return StorageError(f"cannot write {target}: {exc.strerror or exc}; search stopped (every finished trial is "
+                        f"saved: --resume continues)")

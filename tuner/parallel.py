@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tuner.bench import TrialBench
 from tuner.errors import BadInput
+from tuner.events import Progress
 from tuner.job import SearchJob, SearchSettings
-from tuner.study import Search, SearchOutcome
+from tuner.search import Search, SearchOutcome
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,13 @@ def slot_job(job: SearchJob, slot: Slot) -> SearchJob:
 
 
 def run_slots(job: SearchJob, settings: SearchSettings, slots: list[Slot], benches: Sequence[TrialBench],
-              on_result: Callable[[SearchOutcome], None] | None = None) -> SearchOutcome:
+              on_result: Callable[[SearchOutcome], None] | None = None,
+              progress: Progress | None = None) -> SearchOutcome:
     """Run one shared-study worker per slot, each on its bench, until the study's budget is spent; the outcome
     holds every slot's results. The first error in any slot stops the others' next trial and is raised."""
     if not settings.shared:
         raise ValueError("run_slots needs a shared study (settings.study)")
-    searches = [Search(slot_job(job, slot), settings, on_result=on_result) for slot in slots]
+    searches = [Search(slot_job(job, slot), settings, progress, on_result) for slot in slots]
     searches[0].open()  # create the study once, before the slots race to join it
     outcomes: dict[int, SearchOutcome] = {}
     errors: list[BaseException] = []

@@ -42,9 +42,14 @@ def trial_number_of(record: Path) -> int:
     return int(record.stem.split("-")[1])
 
 
+def study_path(output: Path) -> Path:
+    """OUTPUT/study.db: the default study's SQLite file."""
+    return Path(output) / STUDY_DB
+
+
 def study_url(output: Path) -> str:
     """The default Optuna storage: sqlite:///OUTPUT/study.db."""
-    return f"sqlite:///{(Path(output) / STUDY_DB).resolve()}"
+    return f"sqlite:///{study_path(output).resolve()}"
 
 
 def measurement_path(output: Path) -> Path:

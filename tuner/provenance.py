@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import sys
 from importlib import metadata
 from typing import Any
 
+from tuner.meters import nvml
 from tuner.meters.estimate import cpu_model
+from tuner.redact import mask_url, redact
 
 
 def package_version(name: str) -> str:
@@ -48,10 +51,6 @@ def command_line() -> str:
     (--storage=URL, an environment variable, a prefix of the flag) is recorded only masked. Outside a Click
     command (library use) it is sys.argv with every secret scrubbed.
     """
-    import shlex
-
-    from tuner.redact import mask_url, redact
-
     try:
         import click
         from click.core import ParameterSource
@@ -86,8 +85,6 @@ def command_line() -> str:
 
 def gpu_environment() -> dict[str, Any]:
     """GPU models and driver from NVML, where there is one (nothing otherwise)."""
-    from tuner.meters import nvml
-
     if nvml.gpu_count() == 0:
         return {}
     try:

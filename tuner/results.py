@@ -6,11 +6,16 @@ import dataclasses
 import functools
 import json
 import math
+import os
+import stat
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner.errors import BadInput
+from tuner.fileio import atomic_write
 from tuner.redact import redact
 
 SCHEMA_VERSION = 1
@@ -397,8 +402,6 @@ class TrialResult:
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
     """Write a JSON document atomically (unique temp file, fsync, rename), with the schema version."""
-    from tuner.fileio import atomic_write
-
     body = {"schema_version": SCHEMA_VERSION, **document}
     atomic_write(path, json.dumps(clean_json(body), indent=2, allow_nan=False) + "\n")
 
@@ -418,11 +421,6 @@ def clean_json(value: Any) -> Any:
 
 def ensure_writable_dir(path: Path, flag: str = "--output") -> Path:
     """Create the folder if needed and prove a file can be written there; BadInput naming the flag if not."""
-    import os
-    import tempfile
-
-    from tuner.errors import BadInput
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -433,8 +431,6 @@ def ensure_writable_dir(path: Path, flag: str = "--output") -> Path:
                        "give a folder greentune can create and write") from None
     if not os.access(path, os.W_OK):
         raise BadInput(f"{flag} {path}: not writable; give a folder greentune can write")
-    import stat
-
     mode = path.stat().st_mode
     if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
         # Anyone could swap summary.json, the study or the exported config.pbtxt under a running search.

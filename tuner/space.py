@@ -455,3 +455,13 @@ def builtin_space(name: str) -> Space | None:
     except OSError as exc:
         raise BadInput(f"--space {name}: the built-in space is missing from this install ({exc}); reinstall greentune") from None
     return parse_space(_parse_yaml(text, f"{name} (built-in)"), f"{name} (built-in)")
+
+
+def space_from_name(name: str) -> Space:
+    """--space NAME: a built-in space (default, cpu, gpu), else a YAML file."""
+    builtin = builtin_space(name) if "/" not in name and not name.endswith((".yaml", ".yml")) else None
+    if builtin is not None:
+        return builtin
+    if Path(name).is_file():
+        return load_space(Path(name))
+    raise BadInput(f"--space {name}: no such file and not a built-in space ({', '.join(builtin_space_names())})")

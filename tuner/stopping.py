@@ -17,7 +17,8 @@ class Stopping:
 
     def __init__(self, trials: int, timeout_s: float | None = None, patience: int | None = None,
                  grid_size: int | None = None, clock: Callable[[], float] = time.monotonic,
-                 results: list[TrialResult] | None = None, objective: str = "efficiency") -> None:
+                 results: list[TrialResult] | None = None, objective: str = "efficiency",
+                 shared: bool = False) -> None:
         self.trials = trials
         self.timeout_s = timeout_s
         self.patience = patience
@@ -30,6 +31,11 @@ class Stopping:
         self.consecutive_failures = 0
         self.objective = objective
         self.best_score = _best_score(results or [], objective)
+        self.shared = shared  # the budget is a shared study's: every worker's results count toward it
+
+    def sync(self, measured: int) -> None:
+        """A shared study: the configs measured by every worker so far."""
+        self.measured = measured
 
     def record_measured(self, result: TrialResult, results: list[TrialResult]) -> None:
         """A config was measured (or screened, or failed); `results` holds every result, this one included.
@@ -53,6 +59,8 @@ class Stopping:
 
     def reason(self, sampler_exhausted: bool = False) -> str | None:
         """Why the search stops now, or None to ask for another trial."""
+        if self.measured >= self.trials and self.shared:
+            return f"study budget reached ({self.trials} configs measured by all workers)"
         if self.measured >= self.trials:
             return f"trial budget reached ({self.trials} configs measured)"
         if sampler_exhausted or (self.grid_size is not None and self.measured >= self.grid_size):

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from tests.conftest import MODEL_REPOSITORY
 from tuner import model_config
-from tuner.cli import build_load, cli, parse_gpus, parse_ports
+from tuner.bench import LoadPolicy
+from tuner.cli import cli
 from tuner.errors import BadInput
 from tuner.inputs import parse_shape_options
 from tuner.job import parse_duration
 from tuner.model_config import load_model_config, parse_set_options, read_model_config, write_model_config
 from tuner.results import TrialConfig
+from tuner.server.choose import parse_gpus, parse_ports
 
 REPO = str(MODEL_REPOSITORY)
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -59,7 +61,7 @@ def test_shape_values(items):
 @settings(max_examples=200, deadline=None)
 @given(text)
 def test_duration_gpus_ports_concurrency_values(value):
-    for fn in (parse_duration, parse_gpus, parse_ports, lambda v: build_load(v, None, 30.0, allow_auto=True)):
+    for fn in (parse_duration, parse_gpus, parse_ports, lambda v: LoadPolicy.from_flags(v, None, 30.0, allow_auto=True)):
         accepted_or_clean_error(fn, value)
 
 

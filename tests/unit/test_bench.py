@@ -27,9 +27,9 @@ from tuner.measure import InputSource, MeasureSettings
 from tuner.model_config import load_model_config
 from tuner.objective import Constraints
 from tuner.results import TrialConfig
+from tuner.search import Search
 from tuner.server.base import Server
 from tuner.space import parse_space
-from tuner.study import Search
 
 BASE = load_model_config(MODEL_REPOSITORY, "mlp")
 QUICK = MeasureSettings(warmup_s=0.05, window_s=0.3, max_windows=3, stability_tolerance=0.9, idle_s=0)

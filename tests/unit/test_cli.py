@@ -80,9 +80,9 @@ def test_a_screened_trial_is_one_line_saying_after_how_many_windows_and_why_with
     from rich.console import Console
 
     from tests.unit.test_screening import measurement_of
-    from tuner.cli import event_text, trial_line
     from tuner.events import TrialRetried
     from tuner.results import TrialConfig, TrialResult, Window
+    from tuner.terminal import event_text, trial_line
 
     def plain(markup: str) -> str:
         console = Console(width=400, record=True, color_system=None)

@@ -18,9 +18,9 @@ from tuner.job import SearchSettings
 from tuner.model_config import trial_of
 from tuner.outputs import summary_document
 from tuner.results import Hardware, TrialResult
-from tuner.search_run import save_summary
+from tuner.search import Search
 from tuner.storage import open_storage
-from tuner.study import BUDGET_ATTR, Search
+from tuner.study import BUDGET_ATTR
 
 H100, A100 = "NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"
 
@@ -39,8 +39,8 @@ def worker(tmp_path, url: str, name: str, bench: FakeBench, allow_mixed: bool = 
                               allow_mixed_hardware=allow_mixed)
     job = make_job(tmp_path / name)
     search = Search(job, settings)
-    study, _ = search.open()
-    search.on_result = lambda outcome: save_summary(study, summary_document(job, outcome, None))
+    store = search.open()
+    search.on_result = lambda outcome: store.save_summary(summary_document(job, outcome, None))
     search.run(bench)
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from tests.fakes.fake_nvml import FakeGpu, FakeNvml, h100_trace
 from tests.unit.test_meters import _powercap
-from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL, SOURCE_RSS
+from tuner.meters.base import SOURCE_ESTIMATED, SOURCE_NVML, SOURCE_RAPL
 from tuner.meters.estimate import EstimateMeter
 from tuner.meters.memory import MemoryMeter
 from tuner.meters.nvml import NvmlMeter
 from tuner.meters.rapl import RaplMeter
-from tuner.server.probes import ProcessTreeProbe
+from tuner.server.probes import SOURCE_RSS, ProcessTreeProbe
 
 
 def make(name, tmp_path):

@@ -79,22 +79,18 @@ def test_pareto_front():
     assert pareto_front(results) == [0, 1, 3]
 
 
-def test_grid_sampler_runs_to_exhaustion_in_an_ask_tell_loop():
+@pytest.mark.parametrize("name", ["default", "cpu", "gpu"])
+def test_the_grid_is_every_distinct_config_once_as_params_that_sample_back_to_it(name):
     import optuna
 
-    from tuner.space import parse_space
-    from tuner.study import AskTellGridSampler
+    from tuner.sampling import grid_params
+    from tuner.space import builtin_space
 
-    space = parse_space({"knobs": {"instance_count": {"type": "int", "low": 1, "high": 3}}}, "s.yaml")
-    sampler = AskTellGridSampler(space.grid(), seed=0)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
-    seen = []
-    while not sampler.is_exhausted(study):
-        trial = study.ask()
-        seen.append(space.sample(trial).instance_count)
-        trial.set_constraint("failed", 0.0)
-        study.tell(trial, 1.0)  # optuna's own GridSampler would raise here on the last point
-    assert sorted(seen) == [1, 2, 3]
+    space = builtin_space(name).for_model(True)
+    params = grid_params(space, seed=0)
+    configs = [space.sample(optuna.trial.FixedTrial(p)) for p in params]
+    assert sorted(c.key() for c in configs) == sorted(c.key() for c in space.grid_configs())  # each once
+    assert params != grid_params(space, seed=1) and params == grid_params(space, seed=0)  # shuffled by the seed
 
 
 # --objective efficiency|throughput: the two picks and the energy price of speed (pure, no server).

@@ -22,8 +22,8 @@ from tuner.report.data import ReportData
 from tuner.report.html import render_html
 from tuner.report.markdown import render_markdown
 from tuner.results import TrialConfig, TrialResult, clean_json
+from tuner.search import SearchOutcome
 from tuner.space import builtin_space
-from tuner.study import SearchOutcome
 
 
 def trial(number: int, ipj: float, tput: float, p99: float = 5.0) -> TrialResult:
@@ -101,27 +101,27 @@ def test_no_feasible_config_leaves_both_picks_empty(tmp_path):
 def test_the_objective_is_recorded_and_resume_with_another_is_refused(tmp_path):
     from tuner.errors import BadInput
     from tuner.job import SearchSettings
-    from tuner.study import open_study
+    from tuner.study import StudyStore
 
-    study, _ = open_study(job(tmp_path, "efficiency"), SearchSettings())
+    study = StudyStore.open(job(tmp_path, "efficiency"), SearchSettings()).study
     assert study.user_attrs["settings"]["objective"] == "efficiency"
     with pytest.raises(BadInput, match=r"--resume: the study was run with different objective \(objective=efficiency\)"):
-        open_study(job(tmp_path, "throughput"), SearchSettings(resume=True))
-    again, _ = open_study(job(tmp_path, "efficiency"), SearchSettings(resume=True))
+        StudyStore.open(job(tmp_path, "throughput"), SearchSettings(resume=True))
+    again = StudyStore.open(job(tmp_path, "efficiency"), SearchSettings(resume=True)).study
     assert again.study_name == study.study_name
 
 
 def test_a_study_recorded_before_objectives_existed_resumes_as_efficiency(tmp_path):
     from tuner.errors import BadInput
     from tuner.job import SearchSettings
-    from tuner.study import open_study
+    from tuner.study import StudyStore
 
-    study, _ = open_study(job(tmp_path, "efficiency"), SearchSettings())
+    study = StudyStore.open(job(tmp_path, "efficiency"), SearchSettings()).study
     old = {k: v for k, v in study.user_attrs["settings"].items() if k != "objective"}
     study.set_user_attr("settings", old)
-    open_study(job(tmp_path, "efficiency"), SearchSettings(resume=True))
+    StudyStore.open(job(tmp_path, "efficiency"), SearchSettings(resume=True))
     with pytest.raises(BadInput, match="different objective"):
-        open_study(job(tmp_path, "throughput"), SearchSettings(resume=True))
+        StudyStore.open(job(tmp_path, "throughput"), SearchSettings(resume=True))
 
 
 def test_unknown_objective_in_a_job_is_bad_input(tmp_path):
@@ -132,8 +132,8 @@ def test_unknown_objective_in_a_job_is_bad_input(tmp_path):
 
 
 def test_cli_line_for_the_price_of_speed_names_units_and_source():
-    from tuner.cli import price_text
     from tuner.objective import price_of_speed
+    from tuner.terminal import price_text
 
     assert price_text(price_of_speed(EFFICIENT, FAST)) == (
         "price of speed: the fastest feasible config (trial 1) runs +200 infer/s vs the most efficient (trial 0) "

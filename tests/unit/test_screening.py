@@ -23,9 +23,10 @@ from tuner.pruning import SpreadPruner, TrialScreen
 from tuner.report import write_reports
 from tuner.results import Measurement, Spread, TrialConfig, TrialResult, Window
 from tuner.screening import ScreenWindow, constraint_breach, window_value
+from tuner.search import Search
 from tuner.stopping import Stopping
 from tuner.storage import open_storage
-from tuner.study import Search, recorded_results
+from tuner.study import recorded_results
 
 NOISE = (0.98, 1.02, 1.0)  # real windows scatter by a few percent; so do these
 

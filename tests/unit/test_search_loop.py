@@ -21,9 +21,10 @@ from tuner.measure import InputSource, MeasureSettings
 from tuner.model_config import load_model_config, trial_of
 from tuner.objective import CONSTRAINT_NAMES, FAILED_VIOLATION, Constraints, violations
 from tuner.results import Measurement, Spread, TrialConfig, TrialResult, Window
+from tuner.search import Search
 from tuner.space import parse_space
 from tuner.stopping import MAX_CONSECUTIVE_DUPLICATES, MAX_CONSECUTIVE_FAILURES, Stopping
-from tuner.study import REPEATED_ATTR, Search
+from tuner.study import QUEUED_ATTR, REPEATED_ATTR
 
 CPU_SPACE = """
 knobs:
@@ -241,7 +242,7 @@ def test_an_interrupted_trial_is_failed_queued_and_measured_on_resume(tmp_path):
     states = [t.state for t in study_of(tmp_path).get_trials()]
     assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) == 1
     waiting = study_of(tmp_path).get_trials(states=(TrialState.WAITING,))
-    assert interrupted in [Search(job, SearchSettings()).space.sample(optuna.trial.FixedTrial(t.system_attrs["fixed_params"]))
+    assert interrupted in [job.space.for_model(True).sample(optuna.trial.FixedTrial(t.user_attrs[QUEUED_ATTR]))
                            for t in waiting]  # queued again for --resume (beside the first trials not yet run)
 
     second = FakeBench()
@@ -332,7 +333,7 @@ def test_each_stopping_rule_and_its_message():
 
 def test_a_summary_that_cannot_be_written_is_one_line_naming_the_file(tmp_path):
     from tuner.outputs import write_outputs
-    from tuner.study import SearchOutcome
+    from tuner.search import SearchOutcome
 
     (tmp_path / "out").write_text("a file where the output folder should be")
     job = make_job(tmp_path / "out")
@@ -362,7 +363,7 @@ def test_a_full_disk_anywhere_in_the_loop_stops_the_search_with_one_line(tmp_pat
 
 
 def test_a_study_the_database_refuses_names_the_database_error_not_optunas_wrapper():
-    from tuner.study import _storage_error
+    from tuner.study import storage_error
 
     try:
         try:
@@ -370,7 +371,7 @@ def test_a_study_the_database_refuses_names_the_database_error_not_optunas_wrapp
         except RuntimeError as inner:
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
     except optuna.exceptions.StorageInternalError as exc:
-        message = str(_storage_error("trial 1", exc))
+        message = str(storage_error("trial 1", exc))
     assert message == "cannot save trial 1 to the study: (sqlite3.OperationalError) database or disk is full; search stopped"
 
 

@@ -13,8 +13,11 @@ from optuna.trial import TrialState
 from tests.unit.test_search_loop import FakeBench, make_job
 from tuner.errors import BadInput
 from tuner.job import SearchSettings
+from tuner.model_config import effective_key
+from tuner.policy import Twins
+from tuner.search import Search
 from tuner.storage import HEARTBEAT_ATTR, Heartbeat, journal_path, mask_url, open_storage
-from tuner.study import BUDGET_ATTR, EFFECTIVE_KEY_ATTR, Search, fail_stale, open_study_storage
+from tuner.study import BUDGET_ATTR, EFFECTIVE_KEY_ATTR, QUEUED_ATTR, StudyStore
 
 FAST = Heartbeat(interval_s=1, grace_s=2)
 
@@ -66,50 +69,35 @@ def test_two_workers_share_the_budget_and_never_measure_a_config_twice(tmp_path,
 
 def test_a_worker_with_other_settings_is_refused(tmp_path):
     url = storages(tmp_path)[0]
-    open_study_storage(make_job(tmp_path / "a"), SearchSettings(trials=4, storage=url, study="s"))
+    StudyStore.open(make_job(tmp_path / "a"), SearchSettings(trials=4, storage=url, study="s"))
     other = make_job(tmp_path / "b", space="knobs:\n  instance_count: {type: int, low: 1, high: 2}\n")
     with pytest.raises(BadInput, match=r"^--study s: this worker's space differ"):
-        open_study_storage(other, SearchSettings(trials=4, storage=url, study="s"))
+        StudyStore.open(other, SearchSettings(trials=4, storage=url, study="s"))
 
 
-def test_only_stale_trials_are_failed_and_queued_again_journal(tmp_path):
-    url = storages(tmp_path)[0]
-    study, _, storage = open_study_storage(make_job(tmp_path), SearchSettings(storage=url, study="s", heartbeat=FAST))
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_only_stale_trials_are_failed_and_queued_again(tmp_path, kind):
+    url = storages(tmp_path)[0 if kind == "journal" else 1]
+    store = StudyStore.open(make_job(tmp_path), SearchSettings(storage=url, study="s", heartbeat=FAST))
+    study = store.study
     alive, dead = study.ask(), study.ask()
     for trial in (alive, dead):
         trial.suggest_int("instance_count", 1, 4)
-    now = time.time()
-    alive.set_user_attr(HEARTBEAT_ATTR, now - 1)  # beat a second ago: its worker is measuring
-    dead.set_user_attr(HEARTBEAT_ATTR, now - 10)  # silent for 10 s > grace 2 s: its worker died
-    assert fail_stale(study, storage, FAST, now=now) == 1
+    dead.set_user_attr(HEARTBEAT_ATTR, time.time() - 1)  # its worker beat once, then died
+    with store.heartbeat(alive, FAST):  # its worker beats every second from a thread
+        time.sleep(3.5)  # > grace 2 s
+        assert store.fail_stale(FAST) == 1
     states = {t.number: t.state for t in study.get_trials()}
     assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
     waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in waiting] == [dead.params]
-
-
-def test_only_stale_trials_are_failed_and_retried_rdb_heartbeat(tmp_path):
-    url = storages(tmp_path)[1]
-    study, _, storage = open_study_storage(make_job(tmp_path), SearchSettings(storage=url, study="s", heartbeat=FAST))
-    assert isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() == 1
-    alive, dead = study.ask(), study.ask()
-    for trial in (alive, dead):
-        trial.suggest_int("instance_count", 1, 4)
-    storage.record_heartbeat(dead._trial_id)
-    time.sleep(3.5)  # SQLite keeps heartbeats to the second
-    storage.record_heartbeat(alive._trial_id)
-    assert fail_stale(study, storage, FAST) == 1
-    states = {t.number: t.state for t in study.get_trials()}
-    assert states[alive.number] == TrialState.RUNNING and states[dead.number] == TrialState.FAIL
-    retried = study.get_trials(states=(TrialState.WAITING,))  # RetryHeartbeatStaleTrialCallback queued it
-    assert len(retried) == 1 and retried[0].params == dead.params
+    assert [t.user_attrs[QUEUED_ATTR] for t in waiting] == [dead.params]
 
 
 def test_killed_worker_trial_is_retried_by_the_other(tmp_path):
     """A trial left RUNNING with a stale beat (its worker was killed) is measured by the next worker."""
     url = storages(tmp_path)[0]
     settings = SearchSettings(trials=3, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
-    study, _, _ = open_study_storage(make_job(tmp_path / "dead"), settings)
+    study = StudyStore.open(make_job(tmp_path / "dead"), settings).study
     orphan = study.ask({"instance_count": optuna.distributions.IntDistribution(1, 4)})
     orphan.set_user_attr(HEARTBEAT_ATTR, time.time() - 60)
     bench = FakeBench()
@@ -123,17 +111,18 @@ def test_a_config_another_worker_is_measuring_is_waited_for_not_measured(tmp_pat
     url = storages(tmp_path)[0]
     settings = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
     search = Search(make_job(tmp_path), settings)
-    study, _ = search.open()
+    store = search.open()
+    study, twins = store.study, Twins(store, search.job.base, settings)
     twin = study.ask()
-    key = search._key(search.job.space.for_model(True).sample(twin))
+    key = effective_key(search.job.base, search.job.space.for_model(True).sample(twin))
     twin.set_user_attr(EFFECTIVE_KEY_ATTR, key)
     twin.set_user_attr(HEARTBEAT_ATTR, time.time() + 3600)  # alive for the test's duration
     later = study.ask()
-    assert search._measured_by_any(study, twin.number, key) is None  # the earliest measures
+    assert twins.measured_by_any(twin, key) is None  # the earliest measures
     finisher = threading.Timer(0.3, lambda: study.tell(twin, 1.0) or None)
     finisher.start()
     started = time.monotonic()
-    assert search._measured_by_any(study, later.number, key) is None  # twin finished without a result record
+    assert twins.measured_by_any(later, key) is None  # twin finished without a result record
     assert time.monotonic() - started >= 0.25  # ...and the later trial waited for it instead of measuring at once
     finisher.join()
 
@@ -145,7 +134,8 @@ def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_p
     url = storages(tmp_path)[0 if kind == "journal" else 1]
     settings = SearchSettings(trials=8, storage=url, study="s", heartbeat=FAST, poll_s=0.01)
     search = Search(make_job(tmp_path), settings)
-    study, _ = search.open()
+    store = search.open()
+    study, twins = store.study, Twins(store, search.job.base, settings)
     key = '{"the": "same config"}'
     for round_ in range(3):
         trials = [study.ask() for _ in range(4)]
@@ -157,7 +147,7 @@ def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_p
             barrier.wait()
             time.sleep(delay)
             trial.set_user_attr(EFFECTIVE_KEY_ATTR, key)
-            assert search._measured_by_any(study, trial.number, key) is None  # nobody records a result here
+            assert twins.measured_by_any(trial, key) is None  # nobody records a result here
             with lock:
                 measuring.append(trial.number)
                 overlap = len(measuring) > 1
@@ -201,20 +191,25 @@ def test_report_and_export_from_the_study_alone(tmp_path):
 
     from tuner.cli import cli
     from tuner.outputs import summary_document
-    from tuner.search_run import save_summary
 
     url = storages(tmp_path)[0]
     settings = SearchSettings(trials=4, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
     job = make_job(tmp_path / "worker")
     search = Search(job, settings)
-    study, _ = search.open()
-    search.on_result = lambda outcome: save_summary(study, summary_document(job, outcome, None))
+    store = search.open()
+    search.on_result = lambda outcome: store.save_summary(summary_document(job, outcome, None))
     outcome = search.run(FakeBench())
     runner = CliRunner()
     result = runner.invoke(cli, ["report", "--storage", url, "--study", "s", "-o", str(tmp_path / "elsewhere")])
     assert result.exit_code == 0, result.output
     html = (tmp_path / "elsewhere" / "report.html").read_text()
     assert all(f'data-v="{r.number}"' in html for r in outcome.results) and len(outcome.results) == 4
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "elsewhere" / "trials.csv")  # as search writes it: a pipeline reads the CSV
+    assert list(frame["trial"]) == [r.number for r in outcome.results]
+    assert list(frame["baseline"]) == [r.number == outcome.baseline.number for r in outcome.results]
+    assert frame["inferences_per_j"].iloc[0] == pytest.approx(outcome.results[0].measurement.inferences_per_j.mean)
     best = outcome.best.number
     result = runner.invoke(cli, ["export", "--storage", url, "--study", "s", "-o", str(tmp_path / "elsewhere"),
                                  "--trial", str(best), "--no-verify"])

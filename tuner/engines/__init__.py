@@ -16,6 +16,8 @@ from tuner.errors import BadInput
 from tuner.inputs import Sample
 from tuner.load import LoadSpec
 
+# The engines and pa_install are imported where one is chosen, not above: every spawned builtin worker imports this
+# package first, and the perf_analyzer side (pa_install pulls in the whole server package) would slow each one's start.
 ENGINE_NAMES = ("builtin", "perf_analyzer")
 CHOICES = ("auto", *ENGINE_NAMES)
 

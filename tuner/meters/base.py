@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-# Where a figure came from; every printed joule carries one of these.
+# Where a figure came from; every printed joule carries one of these (a memory figure may also carry a
+# server probe's source: tuner/server/probes.py).
 SOURCE_ESTIMATED = "estimated"
 SOURCE_NVML = "measured by NVML"
 SOURCE_RAPL = "read from RAPL"
-SOURCE_RSS = "RSS of server processes"
 SOURCE_UNAVAILABLE = "unavailable"
 
 

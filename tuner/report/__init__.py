@@ -1,5 +1,8 @@
 """Reports re-rendered from saved artifacts (summary.json, trial records, the study): they never measure."""
 
+from pathlib import Path
+
+from tuner.errors import StorageError
 from tuner.report.data import ReportData, load_report_data
 from tuner.report.html import write_html_report
 from tuner.report.markdown import write_markdown_report
@@ -12,10 +15,6 @@ def write_reports(output_dir: str, storage: str | None = None) -> list[str]:
 
     storage: the study's URL (--storage), for parameter importance; default OUTPUT_DIR/study.db where it exists.
     """
-    from pathlib import Path
-
-    from tuner.errors import StorageError
-
     data = load_report_data(Path(output_dir), storage)
     try:
         return [str(write_html_report(data)), *map(str, write_markdown_report(data))]

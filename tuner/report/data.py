@@ -19,7 +19,9 @@ from tuner.objective import (
     price_of_speed,
     score,
 )
+from tuner.redact import redact
 from tuner.results import UNRECORDED_GROUP, TrialResult, group_by_hardware, hardware_group
+from tuner.study import StudyStore
 
 
 @dataclass
@@ -136,36 +138,22 @@ def load_report_data(output_dir: Path, storage: str | None = None) -> ReportData
             results.append(TrialResult.from_dict(json.loads(path.read_text())["trial"]))
         except (json.JSONDecodeError, KeyError):
             continue  # a record being written right now: the next render will have it
-    if storage is None and (output_dir / "study.db").is_file():
-        storage = f"sqlite:///{(output_dir / 'study.db').resolve()}"
+    if storage is None and paths.study_path(output_dir).is_file():
+        storage = paths.study_url(output_dir)
     importances, note = _importances(summary, storage)
     return ReportData(output_dir, summary, sorted(results, key=lambda r: r.number), importances, note)
 
 
 def _importances(summary: dict[str, Any], storage: str | None) -> tuple[dict[str, float], str]:
-    """Optuna's parameter importances (fANOVA) over the study's completed trials, if there are enough."""
+    """Optuna's parameter importances over the study's completed trials, if it can be read."""
     study_info = summary.get("study") or {}
     if not study_info.get("name"):
         return {}, "no study recorded"
     if storage is None:
         return {}, "study not read: give greentune report --storage URL (or GREENTUNE_STORAGE)"
     try:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=study_info["name"], storage=storage)
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(complete) < 3:
-            return {}, f"needs at least 3 completed trials ({len(complete)} so far)"
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna warns about sparse regimes; the note says what this is
-            values = optuna.importance.get_param_importances(study)
-        return {k: float(v) for k, v in values.items() if math.isfinite(v)}, "Optuna fANOVA importance evaluator"
+        return StudyStore.read(storage, study_info["name"]).importances()
     except Exception as exc:  # a report must render even when the study cannot be read
-        from tuner.redact import redact
-
         return {}, f"unavailable: {redact(str(exc).splitlines()[0][:120])}"
 
 

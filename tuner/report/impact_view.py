@@ -6,6 +6,7 @@ import html
 from typing import Any
 
 from tuner.impact import significant
+from tuner.objective import fastest_trial
 from tuner.report.data import ReportData
 from tuner.report.words import impact_inputs_words
 
@@ -69,7 +70,5 @@ def impact_section(data: ReportData) -> str:
 def _fastest(data: ReportData, configs: dict[str, Any]) -> int | None:
     if configs.get("fastest"):
         return int(configs["fastest"]["trial"])
-    from tuner.objective import fastest_trial
-
     fastest = fastest_trial(data.results)
     return fastest.number if fastest else None

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from tuner.errors import ModelLoadError, ServerDied, ServerError
+from tuner.inputs import Sample
 from tuner.model_config import ModelConfig, to_json
 from tuner.server.base import Server
 
@@ -75,17 +77,26 @@ def server_version(server: Server) -> str:
         client.close()
 
 
-def smoke_infer(server: Server, model: str, sample: dict[str, Any]) -> None:
+def smoke_infer(server: Server, model: str, sample: Sample) -> None:
     """One inference with the given inputs; ServerError with Triton's message when it fails."""
-    from tuner.load import LoadGenerator
-
     client = _client(server)
     try:
-        client.infer(model, LoadGenerator.make_inputs(sample), client_timeout=60)
+        client.infer(model, _infer_inputs(sample), client_timeout=60)
     except InferenceServerException as exc:
         raise ServerError(f"smoke inference on {model} failed: {exc.message()}") from None
     finally:
         client.close()
+
+
+def _infer_inputs(sample: Sample) -> list[grpcclient.InferInput]:
+    """One request's tensors, with Triton's datatype of each array."""
+    inputs = []
+    for name, array in sample.items():
+        dtype = "BYTES" if array.dtype == np.object_ else str(np_to_triton_dtype(array.dtype))
+        item = grpcclient.InferInput(name, list(array.shape), dtype)
+        item.set_data_from_numpy(array)
+        inputs.append(item)
+    return inputs
 
 
 def backend_stub_pids(server: Server, model: str) -> set[int]:

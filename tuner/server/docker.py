@@ -282,3 +282,12 @@ def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
             container.remove(force=True)
             removed.append(container.name)
     return removed
+
+
+def remove_leftover_containers(docker_host: str | None = None) -> list[str]:
+    """`greentune doctor --cleanup`: remove every killed run's containers on the Docker Engine API at docker_host."""
+    client = docker_client(docker_host)
+    try:
+        return remove_leftovers(client)
+    finally:
+        client.close()

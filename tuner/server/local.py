@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import subprocess
 import time
 import urllib.error
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tuner.errors import ServerStartError
+from tuner.redact import remember
 from tuner.server.base import Server
 from tuner.server.embedded import TritonInstall, find_triton
 from tuner.server.probes import ProcessTreeProbe
@@ -119,10 +121,6 @@ CONTROL_HEADER = "greentune-control-key"
 
 def new_control_key() -> dict[str, str]:
     """A random per-run key for Triton's model-repository API, as the header greentune sends (tuner.redact knows it)."""
-    import secrets
-
-    from tuner.redact import remember
-
     key = secrets.token_urlsafe(24)
     remember(key)
     return {CONTROL_HEADER: key}

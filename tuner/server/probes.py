@@ -6,7 +6,9 @@ from typing import Any, Protocol
 
 import psutil
 
-from tuner.meters.base import SOURCE_RSS
+# Where a probe's memory figure came from (Measurement.memory_source, beside the meters' sources in meters/base.py).
+SOURCE_RSS = "RSS of server processes"
+SOURCE_CONTAINER = "container memory (Docker stats)"
 
 
 class ResourceProbe(Protocol):
@@ -77,7 +79,7 @@ def process_tree(pid: int) -> list[psutil.Process]:
 class ContainerProbe:
     """CPU time and memory of a container, from the Engine API's stats."""
 
-    memory_source = "container memory (Docker stats)"
+    memory_source = SOURCE_CONTAINER
     pids_visible = False
 
     def __init__(self, container: Any) -> None:

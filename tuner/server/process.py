@@ -9,10 +9,15 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+
+from tuner.errors import BadInput
+from tuner.fileio import atomic_write
+from tuner.server.identity import Owner
 
 SHM_PREFIX = "triton_python_backend_shm_region_"
 PID_FILE = "server.pid.json"  # the one shared file older versions wrote
@@ -77,8 +82,6 @@ def port_in_use(port: int) -> bool:
 
 def check_ports(ports: tuple[int, int, int]) -> tuple[int, int, int]:
     """--ports HTTP,GRPC,METRICS as given, or BadInput naming the one already in use."""
-    from tuner.errors import BadInput
-
     for name, port in zip(("HTTP", "gRPC", "metrics"), ports, strict=True):
         if port_in_use(port):
             raise BadInput(f"--ports: {name} port {port} is already in use on 127.0.0.1; pick free ports or leave "
@@ -161,17 +164,11 @@ def write_pid_file(state_dir: Path, pgid: int, binary: str) -> Path:
     The file holds the server's pid and start time and the owner's identity (boot id, pid namespace, pid, start
     time, uid): reap_leftover compares them before it kills anything.
     """
-    import uuid
-
-    from tuner.server.identity import Owner
-
     state_dir.mkdir(parents=True, exist_ok=True)
     server = Owner.of(pgid)
     path = state_dir / f"server-{os.getpid()}-{uuid.uuid4().hex[:8]}{PID_SUFFIX}"
     record = {"pgid": pgid, "binary": binary, "server": server.to_dict() if server else None,
               "owner": Owner.current().to_dict()}
-    from tuner.fileio import atomic_write
-
     atomic_write(path, json.dumps(record))
     return path
 
@@ -183,8 +180,6 @@ def reap_leftover(state_dir: Path) -> tuple[list[int], list[str]]:
     pid namespace, pid gone or reused) and the process group leader is still the recorded server: same start time,
     same uid, a tritonserver. What cannot be read, removed or signalled (another user's files) becomes a note.
     """
-    from tuner.server.identity import Owner
-
     stopped: list[int] = []
     notes: list[str] = []
     try:
