@@ -19,7 +19,7 @@ from tuner.model_config import ModelConfig, effective_key
 from tuner.results import Hardware, TrialResult
 from tuner.step import StepResult
 from tuner.stopping import Stopping
-from tuner.study import DECISION_ATTR, EFFECTIVE_KEY_ATTR, HARDWARE_ATTR, WORKER_ATTR, StudyStore
+from tuner.study import DECISION_ATTR, EFFECTIVE_KEY_ATTR, HARDWARE_ATTR, WORKER_ATTR, StudyStore, check_hardware
 
 
 class Policy(Protocol):
@@ -92,7 +92,7 @@ class SharedPolicy:
 
     def __init__(self, store: StudyStore, settings: SearchSettings, base: ModelConfig, objective: str,
                  hardware: Hardware, clock: Callable[[], float]) -> None:
-        store.check_hardware(hardware, settings.allow_mixed_hardware)
+        check_hardware(store.study, hardware, settings.allow_mixed_hardware)
         self.store, self.settings, self.base, self.hardware = store, settings, base, hardware
         self.budget = store.budget(settings.trials)
         self.results, self.duplicates = store.results()

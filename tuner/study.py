@@ -85,11 +85,11 @@ class StudyStore:
             pruner=pruner_for(job.objective, job.measure.stable_windows))
         store = cls(study, url, storage, job.output, job.objective)
         if settings.shared:
-            store._check_settings(job.shared_fingerprint(), f"--study {name}: this worker's",
+            check_settings(store.study, job.shared_fingerprint(), f"--study {name}: this worker's",
                                   "differ from the study's", "; give the flags and files the study was created with",
                                   {BUDGET_ATTR: settings.trials})
         else:
-            store._check_settings(job.fingerprint(), "--resume: the study was run with different", "",
+            check_settings(store.study, job.fingerprint(), "--resume: the study was run with different", "",
                                   "; results would not compare", {})
         return store
 
@@ -103,23 +103,6 @@ class StudyStore:
             raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}")
         return cls(optuna.load_study(study_name=name, storage=storage), url, storage)
 
-    def _check_settings(self, fingerprint: dict[str, Any], prefix: str, verb: str, suffix: str,
-                        first: dict[str, Any]) -> None:
-        """Record the fingerprint on first open; after that, one line naming what differs."""
-        recorded = self.study.user_attrs.get(SETTINGS_ATTR)
-        if recorded is None:
-            self.study.set_user_attr(SETTINGS_ATTR, fingerprint)
-            for key, value in first.items():
-                self.study.set_user_attr(key, value)
-            return
-        if "objective" not in recorded:  # studies from before --objective maximised inferences/J
-            recorded = {**recorded, "objective": "efficiency"}
-        changed = [k for k in fingerprint if recorded.get(k) != fingerprint[k]]
-        if changed:
-            shown = ", ".join(f"{k}={recorded.get(k)}" for k in changed if k not in ("space", "model_config"))
-            verb_text = f" {verb}" if verb else ""
-            raise BadInput(f"{prefix} {', '.join(changed)}{verb_text} ({shown}){suffix}")
-
     @property
     def name(self) -> str:
         """The study's name in its storage."""
@@ -130,8 +113,8 @@ class StudyStore:
         return int(self.study.user_attrs.get(BUDGET_ATTR, default))
 
     def trials(self, *states: TrialState) -> list[FrozenTrial]:
-        """The study's trials in these states."""
-        return self.study.get_trials(deepcopy=False, states=states)
+        """The study's trials in these states (every trial when none is named)."""
+        return self.study.get_trials(deepcopy=False, states=states or None)
 
     def results(self) -> tuple[list[TrialResult], int]:
         """Results saved in the study and the count of reused duplicates (recorded_results)."""
@@ -234,29 +217,7 @@ class StudyStore:
                     count += 1
         return count
 
-    def importances(self) -> tuple[dict[str, float], str]:
-        """Optuna's parameter importances (fANOVA) over the completed trials, and a note on what they are."""
-        complete = self.trials(TrialState.COMPLETE)
-        if len(complete) < 3:
-            return {}, f"needs at least 3 completed trials ({len(complete)} so far)"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optuna warns about sparse regimes; the note says what this is
-            values = optuna.importance.get_param_importances(self.study)
-        return {k: float(v) for k, v in values.items() if math.isfinite(v)}, "Optuna fANOVA importance evaluator"
-
     # Study attributes and files.
-
-    def check_hardware(self, hardware: Hardware, allow_mixed: bool) -> None:
-        """The first worker's GPU model and meters are the study's; another worker's must match unless
-        --allow-mixed-hardware (results on different hardware do not compare; the reports then group them)."""
-        recorded = self.study.user_attrs.get(HARDWARE_ATTR)
-        mine = {"gpu_model": hardware.gpu_model, "meters": list(hardware.meters)}
-        if recorded is None:
-            self.study.set_user_attr(HARDWARE_ATTR, mine)
-        elif recorded != mine and not allow_mixed:
-            raise BadInput(f"--study {self.name}: this worker measures on GPU {mine['gpu_model']} with meters "
-                           f"{', '.join(mine['meters']) or 'none'}, the study on GPU {recorded['gpu_model']} with "
-                           f"meters {', '.join(recorded['meters']) or 'none'}; pass --allow-mixed-hardware to mix them")
 
     def save_repeat(self, result: TrialResult) -> None:
         """A --repeats pooled result goes to the trial's record and to the study, so --resume never measures it again."""
@@ -287,6 +248,47 @@ class StudyStore:
             raise ValueError("this study store was opened for reading; give the output folder")
         return self.output
 
+
+def check_settings(study: optuna.Study, fingerprint: dict[str, Any], prefix: str, verb: str, suffix: str,
+                    first: dict[str, Any]) -> None:
+    """Record the study's settings on first open; after that, one line naming what differs (BadInput)."""
+    recorded = study.user_attrs.get(SETTINGS_ATTR)
+    if recorded is None:
+        study.set_user_attr(SETTINGS_ATTR, fingerprint)
+        for key, value in first.items():
+            study.set_user_attr(key, value)
+        return
+    if "objective" not in recorded:  # studies from before --objective maximised inferences/J
+        recorded = {**recorded, "objective": "efficiency"}
+    changed = [k for k in fingerprint if recorded.get(k) != fingerprint[k]]
+    if changed:
+        shown = ", ".join(f"{k}={recorded.get(k)}" for k in changed if k not in ("space", "model_config"))
+        verb_text = f" {verb}" if verb else ""
+        raise BadInput(f"{prefix} {', '.join(changed)}{verb_text} ({shown}){suffix}")
+
+
+def check_hardware(study: optuna.Study, hardware: Hardware, allow_mixed: bool) -> None:
+    """The first worker's GPU model and meters are the study's; another worker's must match unless
+    --allow-mixed-hardware (results on different hardware do not compare; the reports then group them)."""
+    recorded = study.user_attrs.get(HARDWARE_ATTR)
+    mine = {"gpu_model": hardware.gpu_model, "meters": list(hardware.meters)}
+    if recorded is None:
+        study.set_user_attr(HARDWARE_ATTR, mine)
+    elif recorded != mine and not allow_mixed:
+        raise BadInput(f"--study {study.study_name}: this worker measures on GPU {mine['gpu_model']} with meters "
+                       f"{', '.join(mine['meters']) or 'none'}, the study on GPU {recorded['gpu_model']} with "
+                       f"meters {', '.join(recorded['meters']) or 'none'}; pass --allow-mixed-hardware to mix them")
+
+
+def param_importances(study: optuna.Study) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (fANOVA) over the completed trials, and a note on what they are."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}, f"needs at least 3 completed trials ({len(complete)} so far)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # optuna warns about sparse regimes; the note says what this is
+        values = optuna.importance.get_param_importances(study)
+    return {k: float(v) for k, v in values.items() if math.isfinite(v)}, "Optuna fANOVA importance evaluator"
 
 def recorded_results(study: optuna.Study) -> tuple[list[TrialResult], int]:
     """Results saved in a study and the count of reused duplicates: measured trials (COMPLETE, pooled where --repeats

@@ -233,6 +233,17 @@ def test_repeats_are_pooled_saved_in_the_study_and_not_measured_again_on_resume(
     assert sorted(resumed.repeated) == sorted(outcome.repeated)
 
 
+def test_a_resumed_study_queues_nothing_again(tmp_path):
+    """The baseline and the first configs are queued once, when the study is created; a resume continues it."""
+    job = make_job(tmp_path)
+    Search(job, SearchSettings(trials=5)).run(FakeBench())
+    queued = [t.number for t in study_of(tmp_path).trials if t.user_attrs.get("baseline") or t.user_attrs.get("first")]
+    resumed = Search(job, SearchSettings(trials=7, resume=True)).run(FakeBench())
+    trials = study_of(tmp_path).trials
+    assert [t.number for t in trials if t.user_attrs.get("baseline") or t.user_attrs.get("first")] == queued
+    assert len(resumed.results) == 7 and resumed.duplicates == 0
+
+
 def test_an_interrupted_trial_is_failed_queued_and_measured_on_resume(tmp_path):
     job = make_job(tmp_path)
     first = FakeBench(interrupt_on_call=3)

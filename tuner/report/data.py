@@ -21,7 +21,7 @@ from tuner.objective import (
 )
 from tuner.redact import redact
 from tuner.results import UNRECORDED_GROUP, TrialResult, group_by_hardware, hardware_group
-from tuner.study import StudyStore
+from tuner.study import StudyStore, param_importances
 
 
 @dataclass
@@ -152,7 +152,7 @@ def _importances(summary: dict[str, Any], storage: str | None) -> tuple[dict[str
     if storage is None:
         return {}, "study not read: give greentune report --storage URL (or GREENTUNE_STORAGE)"
     try:
-        return StudyStore.read(storage, study_info["name"]).importances()
+        return param_importances(StudyStore.read(storage, study_info["name"]).study)
     except Exception as exc:  # a report must render even when the study cannot be read
         return {}, f"unavailable: {redact(str(exc).splitlines()[0][:120])}"
 
