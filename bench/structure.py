@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Names that match no module (yet) are skipped.
 LAYERS: list[list[str]] = [
     ["cli", "terminal", "__main__"],
-    ["search_run", "run", "doctor", "export"],  # one command each
+    ["search_run", "run", "doctor", "export", "compare"],  # one command each
     ["parallel", "outputs", "report/*"],
     ["search"],
     ["policy"],
@@ -37,7 +37,7 @@ LAYERS: list[list[str]] = [
     ["server/*"],  # meters are picked for a server (meters/select.py) and probe it; a server knows no meter
     ["load", "inputs"],  # what the engines drive and send; the server's smoke inference sends a sample too
     ["objective", "space", "model_config", "results", "impact", "events", "errors", "paths", "fileio", "redact",
-     "storage", "__init__"],
+     "storage", "comparison", "__init__"],
 ]
 
 

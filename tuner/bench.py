@@ -260,6 +260,14 @@ class Bench:
             return measure_loaded(context, config, spec, preloaded[1], screen)
         return measure_trial(context, config, spec, screen)
 
+    def measure_config(self, config: ModelConfig) -> Measurement:
+        """Load a whole model config (compare: a candidate may change more than the knobs) and measure it under the
+        load policy's fixed load; raises what a measurement raises (ModelLoadError, ServerDied, LoadGenerationError,
+        LoadToolError)."""
+        self._ensure_alive()
+        self._preloaded = None
+        return measure_trial(replace(self._ctx(), base=config), trial_of(config), self.load.spec)
+
     def export(self, config: TrialConfig, path: Path) -> Path:
         """Load the config, answer one smoke inference, then write it to path atomically and read it back."""
         self._ensure_alive()

@@ -17,9 +17,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as ProgressBar
 
 from tuner import events
+from tuner.compare import CompareJob, compare_command
 from tuner.doctor import run_checks
 from tuner.errors import EXIT_FAILURE, BadInput, GreentuneError, NoFeasibleConfig
 from tuner.job import SearchJob, SearchSettings
+from tuner.paths import compare_json_path, compare_md_path
 from tuner.redact import mask_url, redact
 from tuner.run import MeasureJob, export_command, measure_command, report_command
 from tuner.search_run import run_search_command, run_worker_command
@@ -217,6 +219,57 @@ def measure(**flags: Any) -> None:
         console.print("[yellow]warning:[/] measurement did not stabilise; raise --max-windows or --window")
     how = " (auto)" if flags["load_generator"] == "auto" else ""
     console.print(f"load generator: {job.load.spec.engine}{how}; wrote {escape(str(path))}", highlight=False)
+
+
+@cli.command()
+@server_options
+@load_options
+@click.option("--baseline", type=click.Path(path_type=Path), required=True,
+              help="What runs now: a config.pbtxt, a model folder, or a version folder of --model in -r.")
+@click.option("--candidate", type=click.Path(path_type=Path), required=True,
+              help="The change: a config.pbtxt, a model folder, or a version folder of --model in -r.")
+@click.option("--max-regression", default="5%", show_default=True,
+              help="Energy per inference the candidate may add before the gate fails (e.g. 5% or 0.05).")
+@click.option("--min-throughput", type=float, default=None, help="Constraint on the candidate: at least this many infer/s.")
+@click.option("--max-p99-ms", type=float, default=None, help="Constraint on the candidate: p99 latency at most this many ms.")
+@click.option("--max-memory-mb", type=float, default=None, help="Constraint on the candidate: server memory at most this many MB.")
+@click.option("--pairs", type=int, default=3, show_default=True, help="Pairs (baseline and candidate, in random order) measured at least.")
+@click.option("--max-pairs", type=int, default=10, show_default=True, help="Pairs measured at most while unresolved.")
+@click.option("--budget", default="15m", show_default=True,
+              help="Stop adding pairs when another would overrun this much time, e.g. 10m, 1h.")
+@click.option("--inconclusive", type=click.Choice(["fail", "pass"]), default="fail", show_default=True,
+              help="Exit status when the interval straddles the threshold: fail (5) or pass (0).")
+@click.option("--seed", type=int, default=None, help="Seed of each pair's order (default: random).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("greentune-compare"), show_default=True,
+              help="Folder for compare.md, compare.json and the server log.")
+@handle_errors
+def compare(**flags: Any) -> None:
+    """Gate a config change: does the candidate cost more energy per inference than the baseline, beyond the
+    measurement spread? Both configs run on one server, interleaved in pairs (A B or B A at random), until the
+    candidate/baseline ratio's 95% interval (paired t on log-ratios) clears the threshold or the budget runs out.
+
+    Prints the Markdown verdict (also OUTPUT/compare.md) and writes OUTPUT/compare.json. Exit status: 0 pass,
+    4 regression (the interval lies above 1 + --max-regression, or the candidate breaks a constraint),
+    5 inconclusive (the interval straddles it; 0 with --inconclusive pass), 2 bad input, 1 other failure,
+    130 interrupted.
+
+    \b
+    Example:
+      greentune compare -r model_repository -m mlp --baseline main.pbtxt \\
+        --candidate model_repository/mlp/config.pbtxt -c 16 -o compare-out
+    """
+    job = CompareJob.from_flags(flags)
+    with console.status("starting Triton…") as status:
+        def progress(event: events.Event) -> None:
+            status.update(status_text(event))
+            if isinstance(event, events.PairMeasured):
+                console.print(status_text(event), highlight=False)
+
+        comparison = compare_command(job, progress)
+    click.echo(comparison.markdown())
+    console.print(f"wrote {escape(str(compare_md_path(job.output)))}, {escape(str(compare_json_path(job.output)))}",
+                  highlight=False)
+    sys.exit(comparison.exit_code)
 
 
 def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_INFEASIBLE = 3
+EXIT_REGRESSION = 4  # greentune compare: the candidate costs more energy per inference than the threshold allows
+EXIT_INCONCLUSIVE = 5  # greentune compare: the interval straddles the threshold (0 with --inconclusive pass)
 
 
 class GreentuneError(Exception):

@@ -132,8 +132,20 @@ class Warned:
     text: str
 
 
-Event = (ModelLoading | IdleMeasuring | EngineStarted | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted | TrialFinished
-         | TrialRetried | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling | Warned)
+@dataclass(frozen=True)
+class PairMeasured:
+    """greentune compare: a baseline/candidate pair is measured; the energy-per-inference ratio so far (nan: n < 2)."""
+
+    index: int
+    order: str  # "AB" (baseline first) or "BA"
+    ratio: float
+    low: float
+    high: float
+
+
+Event = (ModelLoading | IdleMeasuring | EngineStarted | WarmingUp | WindowMeasured | ConcurrencyProbed | TrialStarted
+         | TrialFinished | TrialRetried | ServerRestarted | TrialsRecovered | RepeatStarted | RepeatFailed | ImagePulling
+         | Warned | PairMeasured)
 Progress = Callable[[Event], None]
 
 

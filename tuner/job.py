@@ -87,14 +87,14 @@ class SearchSettings:
             raise BadInput("--sampler grid is not used with --study: use tpe or random for a shared study")
 
 
-def parse_duration(text: str) -> float:
-    """'30m', '90s', '1h', '1h30m' or plain seconds -> seconds."""
+def parse_duration(text: str, flag: str = "--timeout") -> float:
+    """'30m', '90s', '1h', '1h30m' or plain seconds -> seconds; a bad value is one line naming the flag."""
     value = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", value):
         return float(value)
     parts = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", value)
     if not value or not parts or not any(parts.groups()):
-        raise BadInput(f"--timeout {text}: expected a duration like 90s, 30m, 1h or 1h30m")
+        raise BadInput(f"{flag} {text}: expected a duration like 90s, 30m, 1h or 1h30m")
     hours, minutes, seconds = (int(g) if g else 0 for g in parts.groups())
     return float(hours * 3600 + minutes * 60 + seconds)
 

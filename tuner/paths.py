@@ -15,6 +15,8 @@ REPORT_MD = "report.md"
 PARETO_PNG = "pareto.png"
 EXPORT_SERVER_DIR = "export-server"
 MODEL_CONFIG = "config.pbtxt"
+COMPARE_JSON = "compare.json"
+COMPARE_MD = "compare.md"
 
 
 def summary_path(output: Path) -> Path:
@@ -72,3 +74,13 @@ def report_paths(output: Path) -> tuple[Path, Path, Path]:
     """report.html, report.md and pareto.png in OUTPUT."""
     folder = Path(output)
     return folder / REPORT_HTML, folder / REPORT_MD, folder / PARETO_PNG
+
+
+def compare_json_path(output: Path) -> Path:
+    """OUTPUT/compare.json: greentune compare's versioned result for machines."""
+    return Path(output) / COMPARE_JSON
+
+
+def compare_md_path(output: Path) -> Path:
+    """OUTPUT/compare.md: greentune compare's verdict and table for a pull request."""
+    return Path(output) / COMPARE_MD

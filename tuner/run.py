@@ -45,13 +45,19 @@ class MeasureJob:
         trial = parse_set_options(flags["settings"])
         ensure_writable_dir(flags["output"])
         validate_trial(base, trial)
-        settings = MeasureSettings.from_flags(flags)
-        load = LoadPolicy.from_flags(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
-                                     load_generator=flags["load_generator"], perf_analyzer=flags["perf_analyzer"])
-        inputs = InputSource(parse_shape_options(flags["shape"]), flags["input_data"])
-        meters = MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"]))
+        settings, load, inputs, meters = measurement_parts(flags)
         return cls(flags["model_repository"], flags["model"], base, trial, flags["output"], settings, load, inputs,
                    meters, LauncherChoice.from_flags(flags))
+
+
+def measurement_parts(flags: dict[str, Any]) -> tuple[MeasureSettings, LoadPolicy, InputSource, MeterChoice]:
+    """How measure and compare measure, from the load and meter flags: windows, a fixed load (no auto), the
+    request inputs and the meters."""
+    load = LoadPolicy.from_flags(flags["concurrency"], flags["request_rate"], flags["request_timeout"],
+                                 load_generator=flags["load_generator"], perf_analyzer=flags["perf_analyzer"])
+    return (MeasureSettings.from_flags(flags), load, InputSource(parse_shape_options(flags["shape"]),
+                                                                  flags["input_data"]),
+            MeterChoice(flags["energy_meter"], flags["cpu_tdp_watts"], parse_gpus(flags["gpus"])))
 
 
 def measure_command(job: MeasureJob, progress: Progress | None = None) -> tuple[Measurement, Path]:

@@ -106,6 +106,11 @@ def event_text(event: events.Event) -> str:
         return f"trial {event.number}: {event.reason}; measuring it once more (a failure of the tool, not the config)"
     if isinstance(event, events.Warned):
         return event.text
+    if isinstance(event, events.PairMeasured):
+        if event.ratio != event.ratio or event.low != event.low:  # nan: fewer than two pairs
+            return f"pair {event.index} ({event.order}) measured"
+        return (f"pair {event.index} ({event.order}): candidate/baseline energy per inference {event.ratio:.3f} "
+                f"(95% interval {event.low:.3f} to {event.high:.3f})")
     return f"trial {event.result.number} finished"
 
 

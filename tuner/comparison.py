@@ -1,0 +1,399 @@
+"""Paired A/B measurements of two configs -> ratios with 95% intervals, the gate's verdict, compare.md and compare.json.
+Pure: the measuring loop (tuner/compare.py) hands its pairs here."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.errors import EXIT_INCONCLUSIVE, EXIT_REGRESSION
+from tuner.objective import REQUEST_RATE_TOLERANCE, Constraints, asked_rate_per_s, violations
+from tuner.results import SCHEMA_VERSION, Measurement, Spread, clean_json, t_quantile_95
+
+PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+STATISTICS_METHOD = "paired Student t on the log-ratios of the pairs' means, 95% two-sided"
+# The gate's metric first; (Measurement field, words, unit shown, factor from the field's unit to the unit shown).
+METRICS = (
+    ("energy_per_inference_j", "energy per inference", "mJ", 1000.0),
+    ("throughput_per_s", "throughput", "infer/s", 1.0),
+    ("p99_ms", "p99 latency", "ms", 1.0),
+    ("memory_mb", "memory", "MB", 1.0),
+)
+FIELD_UNITS = {"energy_per_inference_j": "J", "throughput_per_s": "infer/s", "p99_ms": "ms", "memory_mb": "MB"}
+# A broken constraint in words: (flag, quantity, unit, direction), with the quantity from METRICS' fields.
+CONSTRAINT_WORDS = {
+    "min_throughput": ("--min-throughput", "throughput_per_s", "below"),
+    "max_p99_ms": ("--max-p99-ms", "p99_ms", "above"),
+    "max_memory_mb": ("--max-memory-mb", "memory_mb", "above"),
+    "request_rate": ("--request-rate", "throughput_per_s", "below"),
+}
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """Geometric mean of per-pair candidate/baseline ratios (unitless) with its 95% interval over n pairs."""
+
+    ratio: float
+    low: float  # nan below 2 pairs
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, baseline: Sequence[float], candidate: Sequence[float]) -> PairedRatio:
+        """exp(mean ± t_{n-1} sd/sqrt(n)) of log(candidate/baseline) per pair; a pair with a value <= 0 or not
+        finite is dropped."""
+        logs = [math.log(c / b) for b, c in zip(baseline, candidate, strict=True)
+                if math.isfinite(b) and math.isfinite(c) and b > 0 and c > 0]
+        if not logs:
+            return cls(math.nan, math.nan, math.nan, 0)
+        mean = statistics.fmean(logs)
+        if len(logs) < 2:
+            return cls(math.exp(mean), math.nan, math.nan, 1)
+        half = t_quantile_95(len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+        return cls(math.exp(mean), math.exp(mean - half), math.exp(mean + half), len(logs))
+
+    @property
+    def has_interval(self) -> bool:
+        """True when both ends of the interval are finite (2 pairs or more)."""
+        return math.isfinite(self.low) and math.isfinite(self.high)
+
+    def to_dict(self) -> dict[str, Any]:
+        """ratio, low, high (candidate/baseline, unitless) and the number of pairs."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairedRatio:
+        """Inverse of to_dict() (null ends read back as nan)."""
+        ratio, low, high = (math.nan if data[k] is None else float(data[k]) for k in ("ratio", "low", "high"))
+        return cls(ratio, low, high, int(data["n"]))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One A/B pair measured back to back on one server; candidate_first is the order drawn for it."""
+
+    index: int  # 1-based
+    candidate_first: bool
+    baseline: Measurement
+    candidate: Measurement
+
+    @property
+    def order(self) -> str:
+        """'AB' (baseline first) or 'BA' (candidate first)."""
+        return "BA" if self.candidate_first else "AB"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict: index, order and both measurements."""
+        return {"index": self.index, "order": self.order, "candidate_first": self.candidate_first,
+                "baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Pair:
+        """Inverse of to_dict()."""
+        return cls(int(data["index"]), bool(data["candidate_first"]), Measurement.from_dict(data["baseline"]),
+                   Measurement.from_dict(data["candidate"]))
+
+
+def decide(energy: PairedRatio, max_regression: float) -> str:
+    """'regression' when the energy-per-inference interval lies above 1 + max_regression, 'pass' when it lies at or
+    below it, else 'inconclusive' (also when there is no interval)."""
+    threshold = 1 + max_regression
+    if not energy.has_interval:
+        return INCONCLUSIVE
+    if energy.low > threshold:
+        return REGRESSION
+    return PASS if energy.high <= threshold else INCONCLUSIVE
+
+
+def metric_value(measurement: Measurement, name: str) -> float:
+    """A Measurement's figure in its field's unit (a Spread's mean); nan when not measured."""
+    value = getattr(measurement, name)
+    if isinstance(value, Spread):
+        value = value.mean
+    return math.nan if value is None else float(value)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A baseline and a candidate config.pbtxt measured in interleaved pairs, and what the gate makes of them."""
+
+    model: str
+    baseline_path: str
+    candidate_path: str
+    baseline_text: str
+    candidate_text: str
+    pairs: tuple[Pair, ...]
+    max_regression: float  # allowed rise of energy per inference, as a fraction (0.05 = 5%)
+    inconclusive_passes: bool
+    constraints: Constraints
+    load: dict[str, Any]  # the load policy's description (LoadSpec.describe())
+    stop_reason: str
+
+    def values(self, name: str) -> tuple[list[float], list[float]]:
+        """(baseline, candidate) per pair of one metric, in its field's unit (nan where not measured)."""
+        return ([metric_value(p.baseline, name) for p in self.pairs],
+                [metric_value(p.candidate, name) for p in self.pairs])
+
+    def energy(self) -> PairedRatio:
+        """The candidate/baseline ratio of energy per inference (n=0 when none was metered)."""
+        return PairedRatio.of(*self.values("energy_per_inference_j"))
+
+    def ratios(self) -> dict[str, PairedRatio]:
+        """Candidate/baseline ratio per metric (METRICS' fields); a metric no pair measured is left out."""
+        found = {name: PairedRatio.of(*self.values(name)) for name, *_ in METRICS}
+        return {name: ratio for name, ratio in found.items() if ratio.n}
+
+    def figures(self) -> dict[str, dict[str, Spread]]:
+        """Per config ('baseline', 'candidate') and metric: mean ± 95% interval over the pairs, in the field's unit."""
+        out: dict[str, dict[str, Spread]] = {"baseline": {}, "candidate": {}}
+        for name, *_ in METRICS:
+            baseline, candidate = self.values(name)
+            out["baseline"][name], out["candidate"][name] = Spread.of(baseline), Spread.of(candidate)
+        return out
+
+    def pooled_candidate(self) -> Measurement | None:
+        """The candidate's first measurement with throughput, p99 and memory pooled over the pairs (their means)."""
+        if not self.pairs:
+            return None
+        memory = Spread.of(self.values("memory_mb")[1]).mean
+        return dataclasses.replace(
+            self.pairs[0].candidate,
+            throughput_per_s=Spread.of(self.values("throughput_per_s")[1]),
+            p99_ms=Spread.of(self.values("p99_ms")[1]),
+            memory_mb=memory if math.isfinite(memory) else None)
+
+    def violations(self) -> dict[str, float]:
+        """The constraints the candidate breaks on its pooled means, by the fraction it breaks each (> 0)."""
+        pooled = self.pooled_candidate()
+        if pooled is None:
+            return {}
+        return {name: value for name, value in violations(pooled, self.constraints).items() if value > 0}
+
+    @property
+    def verdict(self) -> str:
+        """'regression' (energy above the threshold, or a constraint broken), 'pass' or 'inconclusive'."""
+        if self.violations():
+            return REGRESSION
+        return decide(self.energy(), self.max_regression)
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, EXIT_REGRESSION, EXIT_INCONCLUSIVE (0 with inconclusive_passes)."""
+        verdict = self.verdict
+        if verdict == REGRESSION:
+            return EXIT_REGRESSION
+        if verdict == INCONCLUSIVE and not self.inconclusive_passes:
+            return EXIT_INCONCLUSIVE
+        return 0
+
+    def resolved(self) -> bool:
+        """True when the energy interval lies wholly on one side of the threshold (more pairs would not change it)."""
+        return decide(self.energy(), self.max_regression) != INCONCLUSIVE
+
+    def config_diff(self) -> list[str]:
+        """Unified diff of the baseline's config.pbtxt against the candidate's, labelled with their paths."""
+        return list(difflib.unified_diff(self.baseline_text.splitlines(), self.candidate_text.splitlines(),
+                                         fromfile=self.baseline_path, tofile=self.candidate_path, lineterm=""))
+
+    def sources(self, field: str) -> str:
+        """The measurements' label for a field (energy_source, memory_source, energy_accounting), as measured."""
+        found = sorted({str(getattr(m, field)) for p in self.pairs for m in (p.baseline, p.candidate)})
+        return " / ".join(found) or "none (no pairs measured)"
+
+    def order(self) -> str:
+        """Each pair's order, e.g. 'AB BA AB' (A the baseline, B the candidate)."""
+        return " ".join(p.order for p in self.pairs)
+
+    def markdown(self) -> str:
+        """compare.md: the verdict as its first line, the figures with units and sources, the method, the diff."""
+        return render_markdown(self)
+
+    def to_document(self) -> dict[str, Any]:
+        """compare.json's body (strict JSON: nan as null), with the schema version."""
+        figures = self.figures()
+        document: dict[str, Any] = clean_json({
+            "schema_version": SCHEMA_VERSION,
+            "model": self.model,
+            "baseline_path": self.baseline_path,
+            "candidate_path": self.candidate_path,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "max_regression": self.max_regression,
+            "inconclusive_passes": self.inconclusive_passes,
+            "ratios": {name: ratio.to_dict() for name, ratio in self.ratios().items()},
+            "figures": {config: {name: spread.to_dict() for name, spread in by_metric.items()}
+                        for config, by_metric in figures.items()},
+            "units": FIELD_UNITS,
+            "constraints": self.constraints.to_dict(),
+            "violations": self.violations(),
+            "pair_count": len(self.pairs),
+            "order": self.order(),
+            "pairs": [p.to_dict() for p in self.pairs],
+            "load": self.load,
+            "energy_source": self.sources("energy_source"),
+            "energy_accounting": self.sources("energy_accounting"),
+            "memory_source": self.sources("memory_source"),
+            "statistics": STATISTICS_METHOD,
+            "config_diff": self.config_diff(),
+            "baseline_config_pbtxt": self.baseline_text,
+            "candidate_config_pbtxt": self.candidate_text,
+            "stop_reason": self.stop_reason,
+        })
+        return document
+
+    @classmethod
+    def from_document(cls, data: dict[str, Any]) -> Comparison:
+        """Inverse of to_document(): compare.json read back, to render it again without measuring."""
+        return cls(
+            model=str(data["model"]), baseline_path=str(data["baseline_path"]),
+            candidate_path=str(data["candidate_path"]), baseline_text=str(data["baseline_config_pbtxt"]),
+            candidate_text=str(data["candidate_config_pbtxt"]),
+            pairs=tuple(Pair.from_dict(p) for p in data["pairs"]), max_regression=float(data["max_regression"]),
+            inconclusive_passes=bool(data["inconclusive_passes"]), constraints=Constraints(**data["constraints"]),
+            load=dict(data["load"]), stop_reason=str(data["stop_reason"]))
+
+
+# Rendering compare.md.
+
+def percent(ratio: float) -> str:
+    """A ratio as a signed change: 1.123 -> '+12.3%'."""
+    return f"{(ratio - 1) * 100:+.1f}%"
+
+
+def ratio_words(ratio: PairedRatio) -> str:
+    """'+12.3% (+9.8% to +14.9%)'; the change alone (with why) when there is no interval."""
+    if not ratio.n:
+        return "not measured"
+    if not ratio.has_interval:
+        return f"{percent(ratio.ratio)} (no interval from 1 pair)"
+    return f"{percent(ratio.ratio)} ({percent(ratio.low)} to {percent(ratio.high)})"
+
+
+def number(value: float | None) -> str:
+    """About 4 significant digits, no exponent: 1234.5 -> '1234', 0.012345 -> '0.01235'; None -> '?'."""
+    if value is None:
+        return "?"
+    if not math.isfinite(value) or value == 0:
+        return f"{value:g}"
+    decimals = min(6, max(0, 3 - math.floor(math.log10(abs(value)))))
+    return f"{value:.{decimals}f}"
+
+
+def given(value: float | None) -> str:
+    """A flag's value as the user gave it: 10.0 -> '10'; None -> '?'."""
+    return "?" if value is None else f"{value:g}"
+
+
+def spread_words(spread: Spread, factor: float, unit: str) -> str:
+    """'1.234 ± 0.012 mJ' (mean ± 95% interval half-width); the mean alone from 1 pair; 'not measured'."""
+    if not spread.n:
+        return "not measured"
+    mean = number(spread.mean * factor)
+    if not math.isfinite(spread.ci95):
+        return f"{mean} {unit}"
+    decimals = len(mean.partition(".")[2])
+    return f"{mean} ± {spread.ci95 * factor:.{decimals}f} {unit}"
+
+
+def load_words(load: dict[str, Any]) -> str:
+    """'closed loop, 4 requests in flight, sent by builtin'."""
+    if load.get("mode") == "request_rate":
+        words = f"open loop at {load.get('request_rate_per_s')} requests/s"
+    elif load.get("mode") == "concurrency":
+        words = f"closed loop, {load.get('concurrency')} requests in flight"
+    else:
+        words = f"{load.get('mode', 'unknown')} load"
+    return f"{words}, sent by {load['engine']}" if load.get("engine") else words
+
+
+def violation_words(comparison: Comparison, name: str, amount: float) -> str:
+    """'--max-p99-ms 10 ms: candidate p99 latency 12.30 ms, 23.0% above' for one broken constraint."""
+    pooled = comparison.pooled_candidate()
+    if name not in CONSTRAINT_WORDS or pooled is None:
+        return f"{name}: broken by {amount:.1%}"
+    flag, field, direction = CONSTRAINT_WORDS[name]
+    words, unit = next((w, u) for f, w, u, _ in METRICS if f == field)
+    asked = asked_rate_per_s(pooled)
+    constraints = comparison.constraints
+    limit = {"min_throughput": constraints.min_throughput_per_s, "max_p99_ms": constraints.max_p99_ms,
+             "max_memory_mb": constraints.max_memory_mb,
+             "request_rate": None if asked is None else (1 - REQUEST_RATE_TOLERANCE) * asked}[name]
+    where = f"{flag} {given(limit)} {unit}"
+    if name == "request_rate":
+        where = f"{flag} {given(asked)} requests/s (at least {number(limit)} {unit} must complete)"
+    value = metric_value(pooled, field)
+    if not math.isfinite(value):
+        return f"{where}: candidate {words} not measured, so it cannot be shown to hold"
+    return f"{where}: candidate {words} {number(value)} {unit}, {amount:.1%} {direction}"
+
+
+def headline(comparison: Comparison) -> str:
+    """The first line of compare.md: the verdict in capitals and why, in one sentence."""
+    verdict, energy = comparison.verdict, comparison.energy()
+    threshold = f"{comparison.max_regression * 100:g}% threshold"
+    broken = [violation_words(comparison, name, amount) for name, amount in comparison.violations().items()]
+    if energy.has_interval:
+        change = abs(energy.ratio - 1) * 100
+        direction = "about the same" if change < 0.05 else f"{change:.1f}% {'more' if energy.ratio > 1 else 'less'}"
+        cost = (f"the candidate costs {direction} energy per inference "
+                f"(95% interval {percent(energy.low)} to {percent(energy.high)}, {energy.n} pairs)")
+    elif energy.n:
+        cost = "energy per inference was measured in 1 pair, too few for an interval (2 needed)"
+    else:
+        cost = "energy per inference was not measured in any pair (no energy reading)"
+    said = f"**greentune compare: {verdict.upper()}** — "
+    if verdict == REGRESSION and broken:
+        return said + "the candidate breaks " + "; ".join(broken) + f"; {cost}"
+    if verdict == REGRESSION:
+        return said + f"{cost}, above the {threshold}"
+    if verdict == PASS:
+        return said + f"{cost}, within the {threshold}"
+    passes = " (exit 0: --inconclusive pass)" if comparison.inconclusive_passes else ""
+    straddle = f", an interval that straddles the {threshold}" if energy.has_interval else ""
+    return (said + f"{cost}{straddle}{passes}; to resolve it, measure more pairs (a larger --budget) or on a quieter "
+            "machine")
+
+
+def render_markdown(comparison: Comparison) -> str:
+    """compare.md: headline, table (mean ± 95% interval per config, ratio with its interval), sources, method, diff."""
+    ratios, figures = comparison.ratios(), comparison.figures()
+    lines = [headline(comparison), "",
+             "| quantity | baseline | candidate | candidate / baseline (95% interval) |", "|---|---|---|---|"]
+    for name, words, unit, factor in METRICS:
+        ratio = ratios.get(name, PairedRatio(math.nan, math.nan, math.nan, 0))
+        lines.append(f"| {words} ({unit}) | {spread_words(figures['baseline'][name], factor, unit)} | "
+                     f"{spread_words(figures['candidate'][name], factor, unit)} | {ratio_words(ratio)} |")
+    accounting = {"total": "total energy, idle power included", "dynamic": "dynamic energy, idle power subtracted"}
+    energy_mode = " / ".join(accounting.get(mode, f"{mode} energy")
+                             for mode in comparison.sources("energy_accounting").split(" / "))
+    lines += [
+        "",
+        f"- energy: {comparison.sources('energy_source')} ({energy_mode})",
+        f"- memory: {comparison.sources('memory_source')}",
+        f"- load: {load_words(comparison.load)}",
+        f"- pairs: {len(comparison.pairs)}, in the order {comparison.order() or '(none)'} "
+        "(A the baseline, B the candidate; each pair's order drawn at random)",
+        f"- statistics: {STATISTICS_METHOD}; each config's figure is the mean over pairs ± its 95% interval "
+        "(Student t)",
+        f"- gate: energy per inference at most {comparison.max_regression * 100:g}% above the baseline's"
+        + "".join(f"; {flag} {given(value)} {unit}" for flag, value, unit in constraint_flags(comparison.constraints)),
+        f"- stopped: {comparison.stop_reason}",
+    ]
+    lines += [f"- breaks {violation_words(comparison, name, amount)}" for name, amount in
+              comparison.violations().items()]
+    diff = comparison.config_diff()
+    lines += ["", "Config diff (baseline -> candidate):", "", "```diff", *diff, "```"] if diff else [
+        "", "The two config.pbtxt files are identical."]
+    return "\n".join(lines) + "\n"
+
+
+def constraint_flags(constraints: Constraints) -> list[tuple[str, float, str]]:
+    """The constraint flags that are set: (flag, value, unit)."""
+    flags = (("--min-throughput", constraints.min_throughput_per_s, "infer/s"),
+             ("--max-p99-ms", constraints.max_p99_ms, "ms"), ("--max-memory-mb", constraints.max_memory_mb, "MB"))
+    return [(flag, value, unit) for flag, value, unit in flags if value is not None]
