@@ -14,9 +14,10 @@ from tuner.model_config import load_model_config, to_text
 
 pytestmark = pytest.mark.integration
 
-# Short windows, no idle period; 16 requests in flight, where dynamic batching pays on this model.
-FLAGS = ["-c", "16", "--warmup", "1", "--window", "1", "--max-windows", "4", "--stability", "0.25",
-         "--load-generator", "builtin", "--idle-seconds", "0", "--pairs", "3", "--max-pairs", "8", "--seed", "1"]
+# 2 s windows (1 s ones leave about 5% noise per pair here), no idle period; 16 requests in flight, where dynamic
+# batching pays on this model.
+FLAGS = ["-c", "16", "--warmup", "1", "--window", "2", "--max-windows", "5", "--stability", "0.1",
+         "--load-generator", "builtin", "--idle-seconds", "0", "--pairs", "3", "--max-pairs", "12", "--seed", "1"]
 OWN = MODEL_REPOSITORY / "mlp" / "config.pbtxt"  # no dynamic batching
 
 
@@ -36,7 +37,9 @@ def batching_config(tmp_path):
 
 
 def test_an_identical_candidate_passes(tmp_path):
-    result, out = compare(tmp_path, OWN, OWN)
+    # A 10% threshold: on a shared 2-core CI machine the 5% default can end inconclusive for identical configs
+    # (the README's run at 5% passed after 5 pairs); the verdict, the interval and the outputs are what is tested.
+    result, out = compare(tmp_path, OWN, OWN, "--max-regression", "10%")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("**greentune compare: PASS**")
     document = json.loads((out / "compare.json").read_text())
