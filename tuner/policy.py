@@ -19,6 +19,7 @@ from tuner.model_config import ModelConfig, effective_key
 from tuner.results import Hardware, TrialResult
 from tuner.step import StepResult
 from tuner.stopping import Stopping
+from tuner.storage import Heartbeat
 from tuner.study import DECISION_ATTR, EFFECTIVE_KEY_ATTR, HARDWARE_ATTR, WORKER_ATTR, StudyStore, check_hardware
 
 
@@ -94,16 +95,17 @@ class SharedPolicy:
                  hardware: Hardware, clock: Callable[[], float]) -> None:
         check_hardware(store.study, hardware, settings.allow_mixed_hardware)
         self.store, self.settings, self.base, self.hardware = store, settings, base, hardware
+        self.heartbeat = store.heartbeat_settings(settings.heartbeat)
         self.budget = store.budget(settings.trials)
         self.results, self.duplicates = store.results()
         self.measured_here: list[int] = []
         self.stopping = Stopping(self.budget, settings.timeout_s, None, None, clock, self.results, objective,
                                  shared=True)
-        self.twins = Twins(store, base, settings)
+        self.twins = Twins(store, base, settings.poll_s, self.heartbeat)
 
     def stop_reason(self) -> str | None:
         """Fail what dead workers left, read every worker's results, then the stopping rules."""
-        self.store.fail_stale(self.settings.heartbeat)
+        self.store.fail_stale(self.heartbeat)
         self.results, self.duplicates = self.store.results()
         self.stopping.sync(len(self.results))
         return self.stopping.reason()
@@ -129,7 +131,7 @@ class SharedPolicy:
 
     def attempt(self, trial: optuna.Trial) -> AbstractContextManager[None]:
         """The worker beats while it holds the trial, so a dead worker's trial is retried by another."""
-        return self.store.heartbeat(trial, self.settings.heartbeat)
+        return self.store.heartbeat(trial, self.heartbeat)
 
     def claim(self, trial: optuna.Trial, key: str | None) -> TrialResult | None:
         """Stamp the trial with this worker and config, then agree with any twin on who measures it."""
@@ -157,8 +159,8 @@ class Twins:
     without a result (done elsewhere, or its worker died and was failed as stale) goes back to undecided and reads
     again before it may measure, so two deferrers never take over at once."""
 
-    def __init__(self, store: StudyStore, base: ModelConfig, settings: SearchSettings) -> None:
-        self.store, self.base, self.settings = store, base, settings
+    def __init__(self, store: StudyStore, base: ModelConfig, poll_s: float, heartbeat: Heartbeat) -> None:
+        self.store, self.base, self.poll_s, self.heartbeat = store, base, poll_s, heartbeat
 
     def measured_by_any(self, trial: optuna.Trial, key: str | None) -> TrialResult | None:
         """The result of this config from any worker, or None when this trial is the one to measure it (each twin
@@ -176,8 +178,8 @@ class Twins:
             if wanted != decided:
                 trial.set_user_attr(DECISION_ATTR, wanted)
                 decided = wanted
-            time.sleep(self.settings.poll_s)
-            self.store.fail_stale(self.settings.heartbeat)
+            time.sleep(self.poll_s)
+            self.store.fail_stale(self.heartbeat)
         return earlier
 
     def _result_of(self, key: str) -> TrialResult | None:

@@ -63,7 +63,7 @@ class Search:
         self.job.output.mkdir(parents=True, exist_ok=True)
         store = StudyStore.open(self.job, self.settings)
         if self.settings.shared:
-            recovered = store.fail_stale(self.settings.heartbeat)
+            recovered = store.fail_stale(store.heartbeat_settings(self.settings.heartbeat))
         else:
             recovered = store.recover_interrupted()
         if recovered:

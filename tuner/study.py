@@ -49,6 +49,8 @@ SETTINGS_ATTR = "settings"  # the fingerprint a resumed or joined study must mat
 BUDGET_ATTR = "budget_trials"  # shared study: configs to measure, all workers together
 REPEATED_ATTR = "repeated"  # trial number -> its pooled --repeats result
 SUMMARY_ATTR = "summary"  # shared study: the summary.json body last written by any worker
+LATE_ATTR = "measured_as"  # a result kept after another worker failed its trial as stale: that trial's number
+HEARTBEAT_SETTINGS_ATTR = "heartbeat"  # shared study: {"interval_s", "grace_s"} every worker uses
 KEPT_ATTRS = (BASELINE_ATTR, FIRST_ATTR)  # what an interrupted trial's requeued copy keeps
 
 
@@ -87,7 +89,9 @@ class StudyStore:
         if settings.shared:
             check_settings(store.study, job.shared_fingerprint(), f"--study {name}: this worker's",
                                   "differ from the study's", "; give the flags and files the study was created with",
-                                  {BUDGET_ATTR: settings.trials})
+                                  {BUDGET_ATTR: settings.trials,
+                                   HEARTBEAT_SETTINGS_ATTR: {"interval_s": settings.heartbeat.interval_s,
+                                                             "grace_s": settings.heartbeat.grace_s}})
         else:
             check_settings(store.study, job.fingerprint(), "--resume: the study was run with different", "",
                                   "; results would not compare", {})
@@ -111,6 +115,12 @@ class StudyStore:
     def budget(self, default: int) -> int:
         """A shared study's budget (configs, all workers together), as its creator set it."""
         return int(self.study.user_attrs.get(BUDGET_ATTR, default))
+
+    def heartbeat_settings(self, default: Heartbeat) -> Heartbeat:
+        """A shared study's heartbeat interval and grace period as its creator set them: every worker uses the same,
+        so none fails another's live trial for beating slower than it expects (default: a study from before)."""
+        recorded = self.study.user_attrs.get(HEARTBEAT_SETTINGS_ATTR)
+        return Heartbeat(int(recorded["interval_s"]), int(recorded["grace_s"])) if recorded else default
 
     def trials(self, *states: TrialState) -> list[FrozenTrial]:
         """The study's trials in these states (every trial when none is named)."""
@@ -163,21 +173,36 @@ class StudyStore:
             else:
                 trial.set_user_attr(DUPLICATE_ATTR, duplicate_of)
             trial.set_user_attr(CONFIG_KEY_ATTR, json.loads(result.config.key()))
-            if result.tool_failure:
-                self._tell(trial, TrialState.FAIL)
-                return
-            for name, value in result.violations.items():
-                trial.set_constraint(name, value)
-            if result.screened:
-                if duplicate_of is not None and result.measurement is not None:
+            if not result.tool_failure:
+                for name, amount in result.violations.items():
+                    trial.set_constraint(name, amount)
+                if result.screened and duplicate_of is not None and result.measurement is not None:
                     for step, window in enumerate(window_values(result.measurement, self.objective), 1):
                         trial.report(window, step)
-                self._tell(trial, TrialState.PRUNED)
-                return
-            value = 0.0 if result.failed else objective_value(result.measurement, self.objective)
-            self._tell(trial, TrialState.COMPLETE, value)
+            self._tell(trial, *self._final_state(result))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._keep_late(trial, result, duplicate_of)
         except STORAGE_ERRORS as exc:
             raise storage_error(f"trial {trial.number}", exc) from None
+
+    def _final_state(self, result: TrialResult) -> tuple[TrialState, float | None]:
+        if result.tool_failure:
+            return TrialState.FAIL, None
+        if result.screened:
+            return TrialState.PRUNED, None
+        return TrialState.COMPLETE, 0.0 if result.failed else objective_value(result.measurement, self.objective)
+
+    def _keep_late(self, trial: optuna.Trial, result: TrialResult, duplicate_of: int | None) -> None:
+        """Another worker failed this trial as stale while it was measured (clocks apart, or a stall longer than the
+        grace period): keep the measurement on a finished copy of the trial (its record names the trial number it
+        was measured as); the retried copy then reuses it instead of measuring again."""
+        if duplicate_of is not None:
+            return  # nothing was measured
+        state, value = self._final_state(result)
+        attrs = {**trial.user_attrs, RESULT_ATTR: result.to_dict(), CONFIG_KEY_ATTR: json.loads(result.config.key()),
+                 LATE_ATTR: trial.number}
+        self.study.add_trial(optuna.trial.create_trial(state=state, value=value, params=trial.params,
+                                                       distributions=trial.distributions, user_attrs=attrs))
 
     @contextlib.contextmanager
     def failed_on_error(self, trial: optuna.Trial) -> Iterator[None]:
@@ -250,14 +275,14 @@ class StudyStore:
 
 
 def check_settings(study: optuna.Study, fingerprint: dict[str, Any], prefix: str, verb: str, suffix: str,
-                    first: dict[str, Any]) -> None:
+                   first: dict[str, Any]) -> None:
     """Record the study's settings on first open; after that, one line naming what differs (BadInput)."""
     recorded = study.user_attrs.get(SETTINGS_ATTR)
     if recorded is None:
         study.set_user_attr(SETTINGS_ATTR, fingerprint)
         for key, value in first.items():
             study.set_user_attr(key, value)
-        return
+        recorded = study.user_attrs[SETTINGS_ATTR]  # a worker that created it at the same moment wrote last
     if "objective" not in recorded:  # studies from before --objective maximised inferences/J
         recorded = {**recorded, "objective": "efficiency"}
     changed = [k for k in fingerprint if recorded.get(k) != fingerprint[k]]

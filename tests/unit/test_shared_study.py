@@ -112,7 +112,7 @@ def test_a_config_another_worker_is_measuring_is_waited_for_not_measured(tmp_pat
     settings = SearchSettings(trials=2, storage=url, study="s", heartbeat=FAST, poll_s=0.05)
     search = Search(make_job(tmp_path), settings)
     store = search.open()
-    study, twins = store.study, Twins(store, search.job.base, settings)
+    study, twins = store.study, Twins(store, search.job.base, settings.poll_s, settings.heartbeat)
     twin = study.ask()
     key = effective_key(search.job.base, search.job.space.for_model(True).sample(twin))
     twin.set_user_attr(EFFECTIVE_KEY_ATTR, key)
@@ -135,7 +135,7 @@ def test_twins_stamped_at_the_same_instant_agree_on_one_measurer_at_a_time(tmp_p
     settings = SearchSettings(trials=8, storage=url, study="s", heartbeat=FAST, poll_s=0.01)
     search = Search(make_job(tmp_path), settings)
     store = search.open()
-    study, twins = store.study, Twins(store, search.job.base, settings)
+    study, twins = store.study, Twins(store, search.job.base, settings.poll_s, settings.heartbeat)
     key = '{"the": "same config"}'
     for round_ in range(3):
         trials = [study.ask() for _ in range(4)]
