@@ -51,8 +51,39 @@ def run_cli(args: list[str], timeout: float = 300, **kwargs) -> subprocess.Compl
     )
 
 
+SHM = Path("/dev/shm")
+SHM_PATTERN = "triton_python_backend_shm_region_*"
+
+
 def shm_regions() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("triton_python_backend_shm_region_*")}
+    """Python-backend shared-memory regions in /dev/shm owned by this user (another user's are never ours)."""
+    return {p.name for p in SHM.glob(SHM_PATTERN) if _owned(p)}
+
+
+def _owned(path: Path) -> bool:
+    try:
+        return path.stat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
+def mapped_shm() -> set[str]:
+    """Regions some live process still maps (a live server's or stub's, this run's or another's)."""
+    mapped = set()
+    for proc in psutil.process_iter():
+        try:
+            for region in proc.memory_maps(grouped=True):
+                if region.path.startswith(str(SHM / "triton_python_backend_shm_region_")):
+                    mapped.add(Path(region.path).name)
+        except (psutil.Error, OSError):
+            continue
+    return mapped
+
+
+def leaked_shm(before: set[str]) -> set[str]:
+    """Regions this user gained since `before` that no live process maps: left behind by a dead server or stub.
+    One that another run's live server maps is that run's, not a leak of ours."""
+    return (shm_regions() - before) - mapped_shm()
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import MODEL_REPOSITORY, triton_processes
-from tests.integration.conftest import FAST_FLAGS, run_cli, shm_regions
+from tests.integration.conftest import FAST_FLAGS, leaked_shm, run_cli, shm_regions
 from tuner.errors import ModelLoadError, ServerDied
 from tuner.events import WindowMeasured
 from tuner.load import LoadSpec
@@ -99,7 +99,7 @@ def test_ctrl_c_during_measurement_stops_everything(tmp_path):
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert triton_processes() == []
-    assert shm_regions() <= before
+    assert not leaked_shm(before)
 
 
 def test_server_killed_mid_measurement_is_detected_and_cleaned(tmp_path):
@@ -116,7 +116,7 @@ def test_server_killed_mid_measurement_is_detected_and_cleaned(tmp_path):
                                                          stability_tolerance=0.01), kill_on_window),
                           TrialConfig(), LoadSpec(concurrency=2))
     assert triton_processes() == []
-    assert shm_regions() <= before
+    assert not leaked_shm(before)
 
 
 def test_open_loop_at_a_fixed_rate_with_real_inputs(tmp_path, server):
