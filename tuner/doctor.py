@@ -24,7 +24,8 @@ class Check:
     fix: str = ""
 
 
-def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/powercap")) -> list[Check]:
+def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/powercap"),
+               proc_mounts: Path = Path("/proc/mounts")) -> list[Check]:
     """Look at the machine (lazily, nothing cached); with fetch=True download the embedded server if missing."""
     checks: list[Check] = []
     on_path = shutil.which("tritonserver")
@@ -42,6 +43,7 @@ def run_checks(fetch: bool = False, powercap_root: Path = Path("/sys/class/power
     checks.append(Check("launcher", "local", local_ok, "starts tritonserver here" if local_ok else "no binary",
                         "" if local_ok else "see the triton lines above"))
     checks.append(Check("launcher", "remote", True, "uses a running server given by --url"))
+    checks.append(_control_key_check(proc_mounts))
     checks.append(_docker_check())
     checks.extend(_nvml_checks())
     checks.append(_rapl_check(powercap_root))
@@ -60,6 +62,40 @@ def _perf_analyzer_check(fetch: bool) -> Check:
                      f"greentune doctor --fetch (from tritonclient=={TRITONCLIENT_VERSION}); else the built-in engine "
                      f"is used")
     return Check("load", name, True, f"{found.binary} ({found.source})")
+
+
+# /proc mount options under which other users cannot read a process's /proc/PID/cmdline (proc(5): hidepid).
+HIDING_HIDEPID = ("1", "2", "4", "noaccess", "invisible", "ptraceable")
+
+
+def proc_hidepid(proc_mounts: Path = Path("/proc/mounts")) -> str:
+    """The hidepid option of the /proc mount ("0" when unset, "unknown" when /proc/mounts cannot be read)."""
+    try:
+        lines = proc_mounts.read_text().splitlines()
+    except OSError:
+        return "unknown"
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == "/proc" and fields[2] == "proc":
+            options = dict(option.partition("=")[::2] for option in fields[3].split(","))
+            return options.get("hidepid", "0")
+    return "unknown"
+
+
+def _control_key_check(proc_mounts: Path) -> Check:
+    # Triton 2.51 reads the restricted-API key only from its command line (no file, no environment variable).
+    guards = ("the per-run key on tritonserver's command line keeps other users' clients on the loopback ports from "
+              "loading models and using shared memory, logging and trace")
+    hidepid = proc_hidepid(proc_mounts)
+    if hidepid in HIDING_HIDEPID:
+        return Check("security", "server control key", True,
+                     f"{guards}; /proc has hidepid={hidepid}, so other users cannot read it from /proc/PID/cmdline "
+                     "(root, and the hidepid gid= group, still can)")
+    return Check("security", "server control key", False,
+                 f"{guards}; not from a local user who reads /proc/PID/cmdline of greentune's tritonserver (`ps` "
+                 f"shows it; /proc hidepid={hidepid})",
+                 "on a shared host mount /proc with hidepid=2 (`mount -o remount,hidepid=2 /proc`) so only root and "
+                 "greentune's user can read the key")
 
 
 def _docker_check() -> Check:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field, replace
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -431,25 +433,41 @@ def _check_fixed(name: str, value: Any, where: str) -> Any:
     return value
 
 
-def builtin_space_names() -> list[str]:
-    """Names of the built-in spaces: every YAML file in the package data tuner.spaces."""
-    from importlib import resources
+BUILTIN_PACKAGE = "tuner.spaces"
+# The repository's search_spaces/, which setup.py maps into every wheel as tuner.spaces. Read directly when the
+# source tree's tuner/ is imported over a non-editable install (python -m tuner in the clone): that tuner/ has no
+# spaces subpackage.
+SOURCE_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
 
-    return sorted(entry.name[: -len(".yaml")] for entry in resources.files("tuner.spaces").iterdir()
+
+def builtin_spaces_dir() -> Traversable:
+    """Where the built-in spaces' YAML files are: the package data tuner.spaces, else the source tree's search_spaces/."""
+    try:
+        return resources.files(BUILTIN_PACKAGE)
+    except ModuleNotFoundError:
+        pass
+    if SOURCE_SPACES.is_dir():
+        return SOURCE_SPACES
+    raise BadInput(f"--space: the built-in spaces are missing (no package {BUILTIN_PACKAGE}, no {SOURCE_SPACES}); "
+                   "reinstall greentune, or pass a space YAML file")
+
+
+def builtin_space_names() -> list[str]:
+    """Names of the built-in spaces: every YAML file in tuner.spaces (or the source tree's search_spaces/)."""
+    return sorted(entry.name[: -len(".yaml")] for entry in builtin_spaces_dir().iterdir()
                   if entry.name.endswith(".yaml"))
 
 
 def builtin_space(name: str) -> Space | None:
-    """The built-in space `name` (--space default|cpu|gpu), read from the package data tuner.spaces/<name>.yaml.
+    """The built-in space `name` (--space default|cpu|gpu), read from tuner.spaces/<name>.yaml.
 
     The YAML files live in the repository's top-level search_spaces/; packaging maps them into the package
-    (setup.py), so they are found the same way from a wheel, an sdist build or an editable install.
+    (setup.py), so they are found the same way from a wheel, an sdist build or an editable install, and from
+    search_spaces/ itself when the source tree's tuner/ shadows an installed one.
     """
     if name not in builtin_space_names():
         return None
-    from importlib import resources
-
-    resource = resources.files("tuner.spaces").joinpath(f"{name}.yaml")
+    resource = builtin_spaces_dir().joinpath(f"{name}.yaml")
     try:
         text = resource.read_text(encoding="utf-8")
     except OSError as exc:

@@ -25,7 +25,8 @@ DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 LABEL_RUN = "greentune.run"
 LABEL_OUTPUT = "greentune.output"
 LABEL_OWNER = "greentune.owner_pid"
-# The owner's identity (tuner/server/identity.py): a container is left over only when its owner is proven dead.
+# The owner's identity (tuner/server/identity.py: boot id, pid namespace, pid, start time, uid): a container is left
+# over only when its owner is the caller's uid and proven dead; without greentune.owner.uid it is never touched.
 LABEL_OWNER_PREFIX = "greentune.owner."
 CONTAINER_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
@@ -260,9 +261,11 @@ def label_owner(labels: dict[str, str]) -> Owner | None:
 def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
     """Remove containers of killed greentune runs (for output_dir, or all when None).
 
-    Only containers whose owner is proven dead: recorded in this boot and this pid namespace, and that pid now
-    free or belonging to a process started at another time. Containers of another host (remote daemon), another
-    container's greentune, an older greentune without identity labels, or a live owner are left alone.
+    Only containers that are provably ours and dead: the owner recorded as the caller's uid (any uid when the
+    caller is root), in this boot and this pid namespace, and that pid now free or belonging to a process started
+    at another time. Containers of another user, another host (remote daemon), another container's greentune, an
+    older greentune without identity labels (uid included), a live owner, or an owner whose liveness cannot be
+    read (another user's process under /proc's hidepid) are left alone.
     """
     import docker.errors
 
@@ -276,7 +279,7 @@ def remove_leftovers(client: Any, output_dir: Path | None = None) -> list[str]:
         if output_dir is not None and labels.get(LABEL_OUTPUT) != str(Path(output_dir).resolve()):
             continue
         owner = label_owner(labels)
-        if owner is None or not owner.proven_dead():
+        if owner is None or not owner.is_callers() or not owner.proven_dead():
             continue
         with contextlib.suppress(docker.errors.DockerException):
             container.remove(force=True)

@@ -3,8 +3,9 @@
 A pid alone proves nothing: pids are reused, and every process in its own container is pid 1. An owner is
 the kernel's boot id, the pid namespace, the pid, the process's start time (clock ticks since boot, from
 /proc/PID/stat) and its uid. Another run may clean up after an owner only when it sees the same boot and the
-same pid namespace and that pid is gone or now belongs to a process started at another time; anything it
-cannot check (another host, another container, an unreadable /proc) counts as alive.
+same pid namespace and that pid is gone (the kernel says no such process) or now belongs to a process started at
+another time; anything it cannot check (another host, another container, another user's process hidden by
+/proc's hidepid) counts as alive.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ def start_ticks(pid: int) -> int | None:
         return int(fields[19])  # field 22 overall; fields[0] here is field 3 (state)
     except (IndexError, ValueError):
         return None
+
+
+def pid_exists(pid: int) -> bool:
+    """True unless the kernel says no process has this pid; EPERM (another user's process) means it exists."""
+    if pid <= 0:
+        return True  # 0 and negative pids name process groups: nothing about one process is proven
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def process_uid(pid: int) -> int | None:
@@ -100,10 +114,21 @@ class Owner:
                 and self.pid_namespace == pid_namespace())
 
     def is_running(self) -> bool:
-        """The same process (pid and start time) still exists."""
+        """The same process (pid and start time) is seen running (its /proc/PID/stat read and matching)."""
         ticks = start_ticks(self.pid)
         return ticks is not None and (self.start_ticks is None or ticks == self.start_ticks)
 
     def proven_dead(self) -> bool:
         """True only when this host and pid namespace can show the process is gone (pid free or reused)."""
-        return self.here() and self.start_ticks is not None and not self.is_running()
+        if not self.here() or self.start_ticks is None:
+            return False
+        if not pid_exists(self.pid):
+            return True
+        # The pid is taken: only a start time read from /proc and differing proves reuse. An unreadable stat (hidepid
+        # hides other users' processes, as ENOENT or EACCES) proves nothing.
+        ticks = start_ticks(self.pid)
+        return ticks is not None and ticks != self.start_ticks
+
+    def is_callers(self) -> bool:
+        """True when this owner ran as the calling user, or the caller is root (who may clean up for anyone)."""
+        return os.getuid() in (0, self.uid)

@@ -126,18 +126,27 @@ def new_control_key() -> dict[str, str]:
     return {CONTROL_HEADER: key}
 
 
+# Triton's APIs only the key's holder may call: model-repository (load can carry code), and shared-memory, logging
+# and trace, which greentune never calls (registering system shared memory makes the server open and map any
+# /dev/shm object greentune's user can; logging and trace settings rewrite files and verbosity). Triton 2.51's
+# category names; --http-restricted-api and --grpc-restricted-protocol take them comma-separated before the ':'.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+
+
 def restricted_args(control_headers: dict[str, str]) -> list[str]:
-    """Restrict load/unload (model-repository) on both endpoints to requests carrying the key; inference,
-    health, metadata and statistics stay open, so load generators and perf_analyzer need no key."""
+    """Restrict model load/unload, shared memory, logging and trace on both endpoints to requests carrying the key;
+    inference, health, metadata, model config and statistics stay open, so load generators and perf_analyzer
+    need no key."""
+    apis = ",".join(RESTRICTED_APIS)
     return [arg for key, value in control_headers.items()
-            for arg in (f"--grpc-restricted-protocol=model-repository:{key}={value}",
-                        f"--http-restricted-api=model-repository:{key}={value}")]
+            for arg in (f"--grpc-restricted-protocol={apis}:{key}={value}",
+                        f"--http-restricted-api={apis}:{key}={value}")]
 
 
 def triton_args(model_repository: str, http_port: int, grpc_port: int, metrics_port: int,
                 control_headers: dict[str, str] | None = None) -> list[str]:
     """tritonserver flags greentune always uses: explicit model control, loopback endpoints on these ports, and the
-    model-repository API restricted to the holder of the per-run key."""
+    model-repository, shared-memory, logging and trace APIs restricted to the holder of the per-run key."""
     return [*restricted_args(control_headers or {}),
         f"--model-repository={model_repository}",
         "--model-control-mode=explicit",
