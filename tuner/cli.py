@@ -298,9 +298,10 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Stop a trial early once its windows are worse than the best trial's beyond the measured "
                           "spread, or p99 is over twice --max-p99-ms, or memory over --max-memory-mb (labelled "
                           "screened; never the pick)."),
-        click.option("--storage", default=None, metavar="URL",
+        click.option("--storage", default=None, envvar="GREENTUNE_STORAGE", metavar="URL",
                       help="Optuna storage: sqlite:///, postgresql://, mysql:// or journal:///path/file (default: "
-                           "OUTPUT/study.db)."),
+                           "OUTPUT/study.db). Env GREENTUNE_STORAGE: a URL with a password belongs there, not on the "
+                           "command line, where other users see it in ps and /proc."),
         click.option("--study", default=None, metavar="NAME",
                       help="A shared study many workers contribute to (with --storage); created by the first to open it."),
         click.option("--heartbeat-interval", type=int, default=10, show_default=True,
@@ -456,7 +457,7 @@ def report(output_dir: Path | None, storage: str | None, study: str | None, outp
     Example:
       greentune report out/
       GREENTUNE_STORAGE=postgresql://user:PASSWORD@db/greentune greentune report out/
-      greentune report --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o report/
+      greentune report --study mlp-h100 -o report/   # the storage from GREENTUNE_STORAGE
     """
     for path in report_command(output_dir, storage, study, output):
         out.print(f"wrote {escape(str(path))}", highlight=False)
@@ -471,19 +472,23 @@ def report(output_dir: Path | None, storage: str | None, study: str | None, outp
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Load the config into a local Triton server and run a smoke inference before writing.")
 @click.option("--tritonserver", type=click.Path(path_type=Path), default=None, help="tritonserver binary for --verify.")
+@click.option("--model-repository", "-r", type=click.Path(path_type=Path), default=None,
+              help="The model repository on this machine that --verify loads from (needed with --study: the one a "
+                   "shared study names is not used; default otherwise: the one summary.json records).")
 @handle_errors
 def export(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None, trial_number: int,
-           destination: Path | None, verify: bool, tritonserver: Path | None) -> None:
+           destination: Path | None, verify: bool, tritonserver: Path | None, model_repository: Path | None) -> None:
     """Write any trial's config.pbtxt (for a Pareto point other than the chosen one), from a search's output
     folder or from a shared study alone.
 
     \b
     Example:
       greentune export out/ --trial 7 --to deploy/mlp/config.pbtxt
-      greentune export --storage "$GREENTUNE_STORAGE" --study mlp-h100 -o out/ --trial 7 --no-verify
+      GREENTUNE_STORAGE=... greentune export --study mlp-h100 -o out/ --trial 7 -r model_repository
     """
     with console.status(f"exporting trial {trial_number}…"):
-        path = export_command(output_dir, storage, study, output, trial_number, destination, verify, tritonserver)
+        path = export_command(output_dir, storage, study, output, trial_number, destination, verify, tritonserver,
+                              model_repository)
     out.print(f"wrote {escape(str(path))}" + (" (loaded and smoke-tested first)" if verify else ""), highlight=False)
 
 

@@ -17,8 +17,14 @@ from tuner.results import TrialResult
 from tuner.server.base import ServerLauncher
 
 
-def export_trial(output_dir: Path, number: int, destination: Path | None, launcher: ServerLauncher | None) -> Path:
-    """Write trial `number` of a saved search as config.pbtxt; with a launcher, prove it loads and serves first."""
+def export_trial(output_dir: Path, number: int, destination: Path | None, launcher: ServerLauncher | None, *,
+                 model_repository: Path | None = None, from_study: bool = False) -> Path:
+    """Write trial `number` of a saved search as config.pbtxt; with a launcher, prove it loads and serves first.
+
+    The model name must be one folder name and, with a launcher, the server loads from `model_repository` (this
+    machine's flag), else from the repository summary.json records, never when the folder was filled from a shared
+    study (`from_study`): any worker can write a study, and a server started here must not load from where it says.
+    """
     output_dir = Path(output_dir)
     summary_path = paths.summary_path(output_dir)
     record = paths.trial_record_path(output_dir, number)
@@ -31,12 +37,16 @@ def export_trial(output_dir: Path, number: int, destination: Path | None, launch
     result = TrialResult.from_dict(json.loads(record.read_text())["trial"])
     base = ModelConfig()
     text_format.Parse(summary["model_config_pbtxt"], base)
-    model = summary["model"]
+    model = paths.model_folder_name(summary.get("model"), f"{summary_path}: model")
     path = Path(destination) if destination else paths.exported_config_path(output_dir, model, number)
     if launcher is None:
         write_model_config(apply_trial(base, result.config), path)
         return path
-    with Bench(launcher, Path(summary["model_repository"]), model, base, paths.export_server_dir(output_dir),
+    repository = model_repository or (None if from_study else summary.get("model_repository"))
+    if not repository:
+        raise BadInput(f"--verify: give --model-repository (the folder on this machine that holds {model}); the "
+                       "repository a shared study names is not used, any worker can write it; or --no-verify")
+    with Bench(launcher, Path(repository), model, base, paths.export_server_dir(output_dir),
                InputSource(_shapes(summary))) as bench:
         return bench.export(result.config, path)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuner.errors import BadInput
+
 SUMMARY = "summary.json"
 TRIALS_CSV = "trials.csv"
 TRIALS_DIR = "trials"
@@ -59,9 +61,17 @@ def measurement_path(output: Path) -> Path:
     return Path(output) / MEASUREMENT
 
 
+def model_folder_name(name: object, where: str = "model") -> str:
+    """`name` when it is one folder name, as a model in a repository and OUTPUT/<model> must be; else BadInput."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise BadInput(f"{where}: {name!r} is not a model name: expected one folder name (no '/', no '..', "
+                       "not empty, not an absolute path)")
+    return name
+
+
 def exported_config_path(output: Path, model: str, trial: int | None = None) -> Path:
     """OUTPUT/<model>/config.pbtxt for the chosen config, or OUTPUT/<model>/trial-N/config.pbtxt for trial N."""
-    folder = Path(output) / model
+    folder = Path(output) / model_folder_name(model)
     return (folder if trial is None else folder / f"trial-{trial}") / MODEL_CONFIG
 
 

@@ -105,8 +105,10 @@ def report_command(output_dir: Path | None, storage: str | None, study: str | No
 
 
 def export_command(output_dir: Path | None, storage: str | None, study: str | None, output: Path | None,
-                   trial_number: int, destination: Path | None, verify: bool, tritonserver: Path | None) -> Path:
+                   trial_number: int, destination: Path | None, verify: bool, tritonserver: Path | None,
+                   model_repository: Path | None = None) -> Path:
     """Write one trial's config.pbtxt from an output folder or a shared study; with verify, a local server loads
     it and answers a smoke inference first."""
     folder = source_folder(output_dir, storage, study, output)
-    return export_trial(folder, trial_number, destination, LocalLauncher(tritonserver) if verify else None)
+    return export_trial(folder, trial_number, destination, LocalLauncher(tritonserver) if verify else None,
+                        model_repository=model_repository, from_study=study is not None)

@@ -216,6 +216,9 @@ def test_report_and_export_from_the_study_alone(tmp_path):
     assert result.exit_code == 0, result.output
     written = (tmp_path / "elsewhere" / "mlp" / f"trial-{best}" / "config.pbtxt").read_text()
     assert f"count: {outcome.best.config.instance_count}" in written
+    unverified = runner.invoke(cli, ["export", "--storage", url, "--study", "s", "-o", str(tmp_path / "elsewhere"),
+                                     "--trial", str(best)])  # --verify, no -r: the study's repository is not loaded
+    assert unverified.exit_code == 2 and unverified.output.startswith("error: --verify: give --model-repository")
     missing = runner.invoke(cli, ["report", "--storage", url, "--study", "nope", "-o", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--study nope: no such study" in missing.output and "s" in missing.output
     both = runner.invoke(cli, ["report", str(tmp_path), "--storage", url, "--study", "s"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 
 from tuner import paths
@@ -22,6 +23,11 @@ from tuner.report.data import (
 )
 
 TOP_COUNT = 5
+# Characters that make Markdown or HTML of a value (a failure reason, a config, a host, the command line): escaped.
+# A '>' is inert once every '<' is escaped, except first on a line (a quote); literal() escapes it there, and keeps the
+# report's own arrows ("140 -> 70 kWh") as written.
+_ESCAPES = str.maketrans({"\\": "\\\\", "`": "\\`", "|": "\\|", "[": "\\[", "]": "\\]",
+                          "&": "&amp;", "<": "&lt;"})
 
 
 def config_diff(data: ReportData) -> str | None:
@@ -43,17 +49,17 @@ def config_diff(data: ReportData) -> str | None:
 def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[str]:
     """Headline, both picks and the top configs: everything that compares the trials' joules."""
     head = headline(data)
-    out = [f"{level} {title}{head.title}", ""]
-    out += [f"- {line}" for line in head.lines]
+    out = [f"{level} {title}{literal(head.title)}", ""]
+    out += [f"- {literal(line)}" for line in head.lines]
     if head.tie:
         out.append("- **Within the measurement spread of the baseline: a tie, not a proven saving.**")
     both = picks(data)
     out += ["", f"{level}# Most efficient vs fastest feasible config", ""]
     if both.rows:
         out += ["| | most efficient | fastest |", "|---|---|---|"]
-        out += [f"| {label} | {a} | {b} |" for label, a, b in both.rows]
+        out += [f"| {literal(label)} | {literal(a)} | {literal(b)} |" for label, a, b in both.rows]
         out.append("")
-    out.append(both.sentence)
+    out.append(literal(both.sentence))
     out += ["", f"{level}# Top configs ({len(data.ranked())} feasible of {len(data.results)} measured)", "",
             "| trial | config | infer/J (95% CI) | mJ / inference | throughput (infer/s) | p99 (ms) | memory (MB) |",
             "|---|---|---|---|---|---|---|"]
@@ -65,21 +71,29 @@ def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[
         marks += " (best on this hardware)" if data.group_label and r.number == data.best_number else ""
         marks += " (baseline)" if r.number == data.baseline_number else ""
         ci = m.inferences_per_j.ci95
-        out.append(f"| {r.number}{marks} | {r.config.describe()} | {score(m):.2f} ± {ci if ci == ci else 0:.2f} | "
+        out.append(f"| {r.number}{marks} | {literal(r.config.describe())} | {score(m):.2f} ± {ci if ci == ci else 0:.2f} | "
                    f"{e[0] if e else float('nan'):.3f} | {m.throughput_per_s.mean:.0f} | {m.p99_ms.mean:.2f} | "
                    f"{m.memory_mb or float('nan'):.0f} |")
     stopped = stopped_trials(data)
     if stopped:
-        out += ["", f"{level}# Screened and failed trials", "", stopped_sentence(data) or "", "",
+        out += ["", f"{level}# Screened and failed trials", "", literal(stopped_sentence(data) or ""), "",
                 "| trial | config | status | why |", "|---|---|---|---|"]
-        out += [f"| {number} | {config} | {status} | {_cell(why)} |" for number, config, status, why in stopped]
+        out += [f"| {number} | {literal(config)} | {literal(status)} | {literal(why)} |"
+                for number, config, status, why in stopped]
     sources = ", ".join(data.summary.get("energy_sources") or [])
-    return out + ["", f"Energy source: {sources}. Memory: {_memory_source(data)}."]
+    return out + ["", f"Energy source: {literal(sources)}. Memory: {literal(_memory_source(data))}."]
 
 
-def _cell(text: str) -> str:
-    """One Markdown table cell: one line, pipes escaped."""
-    return " ".join(text.split()).replace("|", "\\|")
+def literal(value: object) -> str:
+    """A value as Markdown that shows it as written (a table cell too): one line, Markdown and HTML characters escaped."""
+    escaped = " ".join(str(value).split()).translate(_ESCAPES)
+    return "&gt;" + escaped[1:] if escaped.startswith(">") else escaped
+
+
+def _fence(body: str) -> str:
+    """A code fence longer than any run of backticks in body, so body cannot close it."""
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    return "`" * max(3, longest + 1)
 
 
 def render_markdown(data: ReportData, png_name: str | None) -> str:
@@ -87,23 +101,24 @@ def render_markdown(data: ReportData, png_name: str | None) -> str:
     views = data.hardware_views()
     if views:
         head = hardware_headline(data, views)
-        out = [f"## greentune: {head.title}", "", *[f"- {line}" for line in head.lines]]
+        out = [f"## greentune: {literal(head.title)}", "", *[f"- {literal(line)}" for line in head.lines]]
         for i, view in enumerate(views, 1):
-            hosts = ", ".join((view.summary.get("hardware_group") or {}).get("hosts") or []) or "not recorded"
+            hosts = ", ".join(map(str, (view.summary.get("hardware_group") or {}).get("hosts") or [])) or "not recorded"
             out += ["", *_compared(view, "###", f"Hardware group {i}: ")]
-            out.append(f"Hosts: {hosts}. Compared only with the trials of this group.")
+            out.append(f"Hosts: {literal(hosts)}. Compared only with the trials of this group.")
     else:
         out = _compared(data, "##")
         hardware = hardware_line(data)
         if hardware:
-            out.append(f"Hardware: {hardware}.")
+            out.append(f"Hardware: {literal(hardware)}.")
     diff = config_diff(data)
     if diff:
-        out += ["", "### config.pbtxt change", "", "```diff", diff, "```"]
+        fence = _fence(diff)
+        out += ["", "### config.pbtxt change", "", f"{fence}diff", diff, fence]
     if png_name:
         shown = data.chosen_view().group_label
-        out += ["", f"![Pareto front: inferences per joule vs p99{' on ' + shown if shown else ''}]({png_name})"]
-    out += ["", f"<sub>{data.summary.get('environment', {}).get('command_line', '')}</sub>", ""]
+        out += ["", f"![Pareto front: inferences per joule vs p99{' on ' + literal(shown) if shown else ''}]({png_name})"]
+    out += ["", f"<sub>{literal(data.summary.get('environment', {}).get('command_line', ''))}</sub>", ""]
     return "\n".join(out)
 
 
