@@ -8,6 +8,7 @@ next measurement starts a fresh server.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -151,6 +152,9 @@ class Bench:
         self.meter_details: dict[str, Any] = {}
         self.meters: list[Meter] = []
         self._server_stack = contextlib.ExitStack()
+        # Set before the server stops: a --parallel slot still measuring must not start another one behind it.
+        self.closing = False
+        self._restart_lock = threading.Lock()  # a restart in a slot's thread and the close never interleave
         self._context: MeasureContext | None = None
         self._preloaded: tuple[str, list[Any]] | None = None  # the idle config, still loaded, and its inputs
 
@@ -164,7 +168,9 @@ class Bench:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._server_stack.close()
+        self.closing = True
+        with self._restart_lock:
+            self._server_stack.close()
 
     @property
     def server(self) -> Server:
@@ -207,16 +213,22 @@ class Bench:
         return idle
 
     def _ensure_alive(self) -> None:
-        """Start a fresh server when the last one died (at most MAX_SERVER_RESTARTS times)."""
+        """Start a fresh server when the last one died (at most MAX_SERVER_RESTARTS times); never once the bench is
+        closing (Ctrl-C, or another --parallel slot failed), which raises instead."""
+        if self.closing:
+            raise ServerError("the bench is closing (interrupted, or another slot failed): no further measurement")
         if self._ctx().server.is_alive():
             return
-        self._server_stack.close()
-        self._context, self._preloaded = None, None
-        self.server_restarts += 1
-        if self.server_restarts > MAX_SERVER_RESTARTS:
-            raise ServerError(f"tritonserver died {self.server_restarts} times; stopping (see tritonserver.log)")
-        emit(self.progress, ServerRestarted(self.server_restarts))
-        self._start()
+        with self._restart_lock:
+            if self.closing:
+                raise ServerError("tritonserver stopped while the bench is closing; not restarted")
+            self._server_stack.close()
+            self._context, self._preloaded = None, None
+            self.server_restarts += 1
+            if self.server_restarts > MAX_SERVER_RESTARTS:
+                raise ServerError(f"tritonserver died {self.server_restarts} times; stopping (see tritonserver.log)")
+            emit(self.progress, ServerRestarted(self.server_restarts))
+            self._start()
 
     def measure(self, config: TrialConfig, number: int, screen: Screen | None = None) -> TrialResult:
         """Measure a config under the load policy; a refused config, failed requests or a dead server fail the trial

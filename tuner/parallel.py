@@ -19,7 +19,7 @@ from tuner.bench import TrialBench
 from tuner.errors import BadInput
 from tuner.events import Progress
 from tuner.job import SearchJob, SearchSettings
-from tuner.search import Search, SearchOutcome
+from tuner.search import Search, SearchOutcome, SearchStopped
 
 
 @dataclass(frozen=True)
@@ -63,28 +63,48 @@ def run_slots(job: SearchJob, settings: SearchSettings, slots: list[Slot], bench
               on_result: Callable[[SearchOutcome], None] | None = None,
               progress: Progress | None = None) -> SearchOutcome:
     """Run one shared-study worker per slot, each on its bench, until the study's budget is spent; the outcome
-    holds every slot's results. The first error in any slot stops the others' next trial and is raised."""
+    holds every slot's results. The first error in any slot, or Ctrl-C here, stops them all: each finishes the trial
+    in hand and asks for no other; the error is raised once every slot has ended, so before the benches close."""
     if not settings.shared:
         raise ValueError("run_slots needs a shared study (settings.study)")
-    searches = [Search(slot_job(job, slot), settings, progress, on_result) for slot in slots]
+    stop = threading.Event()
+    searches = [Search(slot_job(job, slot), settings, progress, on_result, stop=stop) for slot in slots]
     searches[0].open()  # create the study once, before the slots race to join it
     outcomes: dict[int, SearchOutcome] = {}
     errors: list[BaseException] = []
+    ended = [threading.Event() for _ in slots]
 
     def work(i: int) -> None:
         try:
             outcomes[i] = searches[i].run(benches[i])
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
+            stop.set()
+        finally:
+            ended[i].set()
 
     threads = [threading.Thread(target=work, args=(i,), name=f"slot-{slot.index}") for i, slot in enumerate(slots)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        _wait_for(threads, ended)
+    except BaseException:
+        # Ctrl-C lands in this thread; the slots cannot be interrupted, so they are told to stop and waited for
+        # (each ends with its trial in hand): only then may the caller stop their servers.
+        stop.set()
+        _wait_for(threads, ended)
+        raise
     if errors:
-        raise errors[0]
+        raise next((e for e in errors if not isinstance(e, SearchStopped)), errors[0])
     final = max(outcomes.values(), key=lambda o: len(o.results))
     final.idle_power_w = {f"{name}@slot{i}": w for i, o in outcomes.items() for name, w in o.idle_power_w.items()}
     return final
 
+
+def _wait_for(threads: list[threading.Thread], ended: list[threading.Event]) -> None:
+    """Wait until every started slot has ended. On an Event, not Thread.join: a join that Ctrl-C interrupts marks
+    the thread as stopped while it still runs (CPython 3.11), so joining it again would return at once."""
+    for thread, done in zip(threads, ended, strict=True):
+        if thread.ident is not None:
+            done.wait()
+            thread.join()

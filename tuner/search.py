@@ -4,6 +4,7 @@ tell); then --repeats on the top configs. Every mode runs this loop; the policy 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,18 +41,23 @@ class SearchOutcome:
     meter_details: dict[str, Any] = field(default_factory=dict)
 
 
+class SearchStopped(Exception):
+    """The search's stop event was set (another slot failed, or Ctrl-C in the main thread): no trial is asked."""
+
+
 class Search:
     """One search run on one bench: open the study, loop ask -> step until the policy stops, repeat the top configs,
     hand each new outcome to on_result."""
 
     def __init__(self, job: SearchJob, settings: SearchSettings, progress: Progress | None = None,
                  on_result: Callable[[SearchOutcome], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stop: threading.Event | None = None) -> None:
         self.job = job
         self.settings = settings
         self.progress = progress
         self.on_result = on_result
         self.clock = clock
+        self.stop = stop  # --parallel: set by the first slot to fail or by Ctrl-C; checked before each ask
         self.store: StudyStore | None = None
         self.policy: Policy | None = None
 
@@ -101,6 +107,8 @@ class Search:
         policy = self.policy = self._policy(store, hardware)
         step = TrialStep(self.job, self.settings, store, self.progress)
         while (reason := policy.stop_reason()) is None:
+            if self.stop is not None and self.stop.is_set():
+                raise SearchStopped("stopped before the next trial: another slot failed or the run was interrupted")
             trial = policy.next_trial()
             if trial is None:
                 continue

@@ -10,6 +10,7 @@ delivered 1,372 of 1,800 infer/s here, and 1,100-3,200 of 6,000 on an H200.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -150,6 +151,11 @@ class PerfAnalyzerEngine:
                 raise LoadToolError(f"perf_analyzer exited without writing its export {self._export} "
                                     f"({free_space_text(self._dir)}): {self._tail()}")
             return parse_export(self._export, self._request_timeout_s, keep_partial=True)
+        except BaseException:
+            # A second Ctrl-C while it writes its export reaches greentune alone (perf_analyzer has its own session):
+            # kill it rather than leave it running.
+            self._kill()
+            raise
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 
@@ -180,8 +186,11 @@ class PerfAnalyzerEngine:
                 raise LoadToolError(f"perf_analyzer did not stop after SIGINT: it {why}")
 
     def _kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
+        """SIGKILL perf_analyzer's process group (its own session: no Ctrl-C at the terminal reaches it), reap it."""
+        if self._proc.poll() is None:  # not reaped yet, so its pid (= its group's id) cannot name another process
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._proc.kill()  # started outside a session of its own (tests' stand-ins): the process alone
             self._proc.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
 
