@@ -225,9 +225,11 @@ def measure(**flags: Any) -> None:
 @server_options
 @load_options
 @click.option("--baseline", type=click.Path(path_type=Path), required=True,
-              help="What runs now: a config.pbtxt, a model folder, or a version folder of --model in -r.")
+              help="What runs now: a config.pbtxt, a model folder, a second repository (same model files as -r), "
+                   "or a version folder of --model in -r.")
 @click.option("--candidate", type=click.Path(path_type=Path), required=True,
-              help="The change: a config.pbtxt, a model folder, or a version folder of --model in -r.")
+              help="The change: a config.pbtxt, a model folder, a second repository (same model files as -r), "
+                   "or a version folder of --model in -r.")
 @click.option("--max-regression", default="5%", show_default=True,
               help="Energy per inference the candidate may add before the gate fails (e.g. 5% or 0.05).")
 @click.option("--min-throughput", type=float, default=None, help="Constraint on the candidate: at least this many infer/s.")

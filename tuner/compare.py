@@ -5,6 +5,7 @@ compare.json (tuner/comparison.py holds the statistics and the verdict)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import dataclass
@@ -88,14 +89,18 @@ class CompareJob:
 
 
 def config_source(flag: str, given: Path, repository: Path, model: str) -> ConfigSource:
-    """The config a --baseline/--candidate names: a config.pbtxt; a model folder holding one; a version folder of
-    the model in -r (the model's own config, serving that version only). Its name must be the model's."""
+    """The config a --baseline/--candidate names: a config.pbtxt; a model folder holding one; a second model
+    repository whose model files are -r's but for config.pbtxt; a version folder of the model in -r (the model's own
+    config, serving that version only). Its name must be the model's."""
     path = Path(given)
     if path.is_dir() and path.name.isdigit() and path.resolve().parent == model_dir(repository, model).resolve():
         config = load_model_config(repository, model)
         del config.version_policy.specific.versions[:]
         config.version_policy.specific.versions.append(int(path.name))
         return ConfigSource(config, str(path), to_text(config))
+    if path.is_dir() and (path / model / "config.pbtxt").is_file():  # a second model repository
+        _same_model_files(flag, path / model, model_dir(repository, model))
+        path = path / model
     if path.is_dir():
         if not (path / "config.pbtxt").is_file():
             raise BadInput(f"{flag} {path}: no config.pbtxt there (give a config.pbtxt, a model folder, or a version "
@@ -112,6 +117,21 @@ def config_source(flag: str, given: Path, repository: Path, model: str) -> Confi
     if config.name != model:
         raise BadInput(f"{flag} {path}: a config for model {config.name!r}, not --model {model}")
     return ConfigSource(config, str(path), text)
+
+
+def _same_model_files(flag: str, theirs: Path, ours: Path) -> None:
+    """A second repository's model may differ from -r's only in config.pbtxt: one server serves -r's model files, so
+    another model.py, weights or version folder would be measured as -r's (give a version folder of -r instead)."""
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).digest() for p in sorted(root.rglob("*"))
+                if p.is_file() and p.name != "config.pbtxt" and "__pycache__" not in p.parts}
+
+    mine, other = files(ours), files(theirs)
+    if mine != other:
+        differ = sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+        raise BadInput(f"{flag} {theirs.parent}: its {theirs.name} differs from -r's in {', '.join(differ[:3])}"
+                       f"{' …' if len(differ) > 3 else ''}; compare serves -r's model files with each config, so "
+                       f"put the candidate's files in a version folder of {ours} and give that folder")
 
 
 def parse_fraction(text: str) -> float:

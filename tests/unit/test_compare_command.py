@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,13 @@ def test_the_configs_a_compare_takes(tmp_path):
     (tmp_path / "repo" / "mlp" / "config.pbtxt").write_text(to_text(BASE))
     served = config_source("--candidate", version, tmp_path / "repo", "mlp").config  # a version folder in -r
     assert list(served.version_policy.specific.versions) == [2] and served.max_batch_size == BASE.max_batch_size
+    second = tmp_path / "second"  # a second repository: the same model files, another config.pbtxt
+    shutil.copytree(MODEL_REPOSITORY / "mlp", second / "mlp", ignore=shutil.ignore_patterns("__pycache__"))
+    (second / "mlp" / "config.pbtxt").write_text(to_text(BASE).replace("max_batch_size: 32", "max_batch_size: 8"))
+    assert config_source("--candidate", second, MODEL_REPOSITORY, "mlp").config.max_batch_size == 8
+    (second / "mlp" / "1" / "model.py").write_text("# another model\n")
+    with pytest.raises(BadInput, match=r"^--candidate .*second: its mlp differs from -r's in 1/model.py; compare"):
+        config_source("--candidate", second, MODEL_REPOSITORY, "mlp")
     bare = tmp_path / "bare.pbtxt"  # as `git show main:model_repository/mlp/config.pbtxt > bare.pbtxt` without name
     bare.write_text(to_text(BASE).replace('name: "mlp"\n', ""))
     assert config_source("--baseline", bare, MODEL_REPOSITORY, "mlp").config.name == "mlp"
