@@ -53,14 +53,7 @@ def test_model_repository_api_needs_the_per_run_key_and_inference_does_not(serve
         assert _http_load(server, {CONTROL_HEADER: "wrong-key"}) >= 400
         assert _http_load(server, server.control_headers) == 200  # the flag syntax Triton 2.51 takes, on HTTP too
         # greentune itself (tuner/server/control.py sends the key) loads; inference needs no key
-        control.load_config(server, "mlp", load_model_config(MODEL_REPOSITORY, "mlp"))
-        assert client.is_model_ready("mlp")
-        metadata = client.get_model_metadata("mlp", as_json=True)
-        spec = metadata["inputs"][0]
-        shape = [1 if int(d) == -1 else int(d) for d in spec["shape"]]
-        tensor = grpcclient.InferInput(spec["name"], shape, spec["datatype"])
-        tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
-        assert client.infer("mlp", [tensor]) is not None
+        load_and_infer(server, client)
     finally:
         client.close()
     log = server.log_path.read_text(errors="replace") if server.log_path else ""
@@ -102,15 +95,19 @@ def test_shared_memory_logging_and_trace_need_the_key_and_model_control_still_wo
         assert "h21b" in json.dumps(status)
         client.unregister_system_shared_memory("h21b", headers=grpc_key)
         # greentune's own model control (tuner/server/control.py sends the key) still loads; inference needs no key
-        control.load_config(server, "mlp", load_model_config(MODEL_REPOSITORY, "mlp"))
-        assert client.is_model_ready("mlp")
-        metadata = client.get_model_metadata("mlp", as_json=True)
-        spec = metadata["inputs"][0]
-        shape = [1 if int(d) == -1 else int(d) for d in spec["shape"]]
-        tensor = grpcclient.InferInput(spec["name"], shape, spec["datatype"])
-        tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
-        assert client.infer("mlp", [tensor]) is not None
+        load_and_infer(server, client)
     finally:
         client.close()
         region.close()
         region.unlink()
+
+
+def load_and_infer(server, client) -> None:
+    """greentune's model control loads mlp (it sends the key); one inference, which needs no key, is answered."""
+    control.load_config(server, "mlp", load_model_config(MODEL_REPOSITORY, "mlp"))
+    assert client.is_model_ready("mlp")
+    spec = client.get_model_metadata("mlp", as_json=True)["inputs"][0]
+    shape = [1 if int(d) == -1 else int(d) for d in spec["shape"]]
+    tensor = grpcclient.InferInput(spec["name"], shape, spec["datatype"])
+    tensor.set_data_from_numpy(np.zeros(shape, dtype=np.float32))
+    assert client.infer("mlp", [tensor]) is not None
