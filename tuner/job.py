@@ -142,6 +142,11 @@ class SearchJob:
     def __post_init__(self) -> None:
         check_objective(self.objective)
 
+    @property
+    def model_space(self) -> Space:
+        """The space as this model can take it (batching knobs only where the model batches)."""
+        return self.space.for_model(self.base.max_batch_size > 0)
+
     def load_description(self) -> dict[str, Any]:
         """How load is applied, for the study's settings and the report."""
         return self.load.describe()

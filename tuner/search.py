@@ -82,7 +82,7 @@ class Search:
     def _queue_first(self, store: StudyStore) -> None:
         """The model's own config first; then a grid's every config, or the first configs worth measuring (not for
         a shared study, whose workers open it at once and would each queue them)."""
-        space, baseline = self.job.space.for_model(self.job.base.max_batch_size > 0), trial_of(self.job.base)
+        space, baseline = self.job.model_space, trial_of(self.job.base)
         store.queue(space.params_of(baseline), **{BASELINE_ATTR: True})
         if self.settings.sampler == "grid":
             for params in grid_params(space, self.settings.seed):
@@ -118,8 +118,7 @@ class Search:
             if done.duplicate_of is None:
                 outcome = self._publish(store, policy, bench)
                 emit(self.progress, TrialFinished(done.result, outcome.best, len(policy.results), policy.budget))
-        if self.settings.shared:  # every worker's results, and their records in this worker's output
-            policy.results, policy.duplicates = store.results()
+        if self.settings.shared:  # every worker's results (stop_reason just read them): records in this output
             for result in policy.results:
                 store.write_record(result, missing_only=True)
         outcome = self._publish(store, policy, bench, reason, notify=False)
@@ -130,8 +129,7 @@ class Search:
         if self.settings.shared:
             return SharedPolicy(store, self.settings, self.job.base, self.job.objective, hardware, self.clock)
         results, duplicates = store.results()
-        grid = len(self.job.space.for_model(self.job.base.max_batch_size > 0).grid_configs()) \
-            if self.settings.sampler == "grid" else None
+        grid = len(self.job.model_space.grid_configs()) if self.settings.sampler == "grid" else None
         return LocalPolicy(store, self.settings, self.job.base, self.job.objective, grid, self.clock, results,
                            duplicates)
 
@@ -144,7 +142,8 @@ class Search:
                  notify: bool = True) -> SearchOutcome:
         """The outcome so far: best and baseline chosen, the bench's provenance copied; handed to on_result."""
         results = policy.results
-        baselines = [r for r in results if r.config == trial_of(self.job.base)]
+        own = trial_of(self.job.base)
+        baselines = [r for r in results if r.config == own]
         outcome = SearchOutcome(
             results=results, baseline=min(baselines, key=lambda r: r.number) if baselines else None,
             best=best_trial(results, self.job.objective), stop_reason=stop_reason, storage_url=store.url,

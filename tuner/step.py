@@ -44,7 +44,7 @@ class TrialStep:
         self.settings = settings
         self.store = store
         self.progress = progress
-        self.space = job.space.for_model(job.base.max_batch_size > 0)
+        self.space = job.model_space
         self.pruner = pruner_for(job.objective, job.measure.stable_windows)  # the study's own, for TrialScreen
 
     def run(self, trial: optuna.Trial, bench: TrialBench, hardware: Hardware, claim: Claim) -> StepResult:

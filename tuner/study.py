@@ -62,11 +62,10 @@ def study_name(model: str) -> str:
 class StudyStore:
     """A search's study and output folder: opened once, read and written only here."""
 
-    def __init__(self, study: optuna.Study, url: str, storage: optuna.storages.BaseStorage,
-                 output: Path | None = None, objective: str = "efficiency") -> None:
+    def __init__(self, study: optuna.Study, url: str, output: Path | None = None,
+                 objective: str = "efficiency") -> None:
         self.study = study
         self.url = url
-        self.storage = storage
         self.output = output
         self.objective = objective
 
@@ -85,16 +84,16 @@ class StudyStore:
             storage=storage, study_name=name, direction="maximize", load_if_exists=True,
             sampler=make_sampler(settings.sampler, settings.seed, settings.trials, settings.shared),
             pruner=pruner_for(job.objective, job.measure.stable_windows))
-        store = cls(study, url, storage, job.output, job.objective)
+        store = cls(study, url, job.output, job.objective)
         if settings.shared:
             check_settings(store.study, job.shared_fingerprint(), f"--study {name}: this worker's",
-                                  "differ from the study's", "; give the flags and files the study was created with",
-                                  {BUDGET_ATTR: settings.trials,
-                                   HEARTBEAT_SETTINGS_ATTR: {"interval_s": settings.heartbeat.interval_s,
-                                                             "grace_s": settings.heartbeat.grace_s}})
+                           "differ from the study's", "; give the flags and files the study was created with",
+                           {BUDGET_ATTR: settings.trials,
+                            HEARTBEAT_SETTINGS_ATTR: {"interval_s": settings.heartbeat.interval_s,
+                                                      "grace_s": settings.heartbeat.grace_s}})
         else:
             check_settings(store.study, job.fingerprint(), "--resume: the study was run with different", "",
-                                  "; results would not compare", {})
+                           "; results would not compare", {})
         return store
 
     @classmethod
@@ -105,7 +104,7 @@ class StudyStore:
         if name not in _study_names(storage):
             names = ", ".join(_study_names(storage)) or "none"
             raise BadInput(f"--study {name}: no such study in {mask_url(url)}; studies there: {names}")
-        return cls(optuna.load_study(study_name=name, storage=storage), url, storage)
+        return cls(optuna.load_study(study_name=name, storage=storage), url)
 
     @property
     def name(self) -> str:

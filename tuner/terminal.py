@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def event_text(event: events.Event) -> str:
     if isinstance(event, events.Warned):
         return event.text
     if isinstance(event, events.PairMeasured):
-        if event.ratio != event.ratio or event.low != event.low:  # nan: fewer than two pairs
+        if math.isnan(event.ratio) or math.isnan(event.low):  # fewer than two pairs
             return f"pair {event.index} ({event.order}) measured"
         return (f"pair {event.index} ({event.order}): candidate/baseline energy per inference {event.ratio:.3f} "
                 f"(95% interval {event.low:.3f} to {event.high:.3f})")
