@@ -167,9 +167,13 @@ def measure_pairs(job: CompareJob, bench: Bench, progress: Progress | None = Non
     started = clock()
     while True:
         candidate_first = order.random() < 0.5
-        first, second = (job.candidate, job.baseline) if candidate_first else (job.baseline, job.candidate)
-        measured = {id(first): _measure(bench, first, job), id(second): _measure(bench, second, job)}
-        pairs.append(Pair(len(pairs) + 1, candidate_first, measured[id(job.baseline)], measured[id(job.candidate)]))
+        if candidate_first:
+            candidate = _measure(bench, job.candidate, job)
+            baseline = _measure(bench, job.baseline, job)
+        else:
+            baseline = _measure(bench, job.baseline, job)
+            candidate = _measure(bench, job.candidate, job)
+        pairs.append(Pair(len(pairs) + 1, candidate_first, baseline, candidate))
         comparison = _comparison(job, pairs, "")
         energy = comparison.energy()
         emit(progress, PairMeasured(len(pairs), "BA" if candidate_first else "AB", energy.ratio, energy.low,
