@@ -177,7 +177,12 @@ def test_a_real_export_cut_at_five_points_is_one_line_naming_it(server, wrapper,
     samples = load_trial(ctx, TrialConfig(instance_count=1))
     with run_engine(server.grpc_url, "mlp", samples, LoadSpec(concurrency=4, engine="perf_analyzer",
                                                               perf_analyzer=path)) as engine:
-        time.sleep(2.0)
+        # Until Triton has served 1,000 requests from the tool (a fixed sleep left the export empty on a busy CI
+        # machine, where perf_analyzer took longer than the sleep to start sending).
+        before = inference_count(server.metrics_url, "mlp") or 0.0
+        deadline = time.monotonic() + 60.0
+        while (inference_count(server.metrics_url, "mlp") or 0.0) - before < 1000 and time.monotonic() < deadline:
+            time.sleep(0.2)
         whole = engine.stop()
     data = keep.read_bytes()
     assert len(whole) > 500 and not whole.damage
