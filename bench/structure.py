@@ -30,8 +30,8 @@ LAYERS: list[list[str]] = [
     ["search"],
     ["policy"],
     ["step"],
-    ["study", "sampling", "job"],
-    ["bench"],
+    ["study", "sampling", "job", "modelset"],  # modelset: a set of models' job, built on job
+    ["bench", "set_bench"],
     ["measure", "pruning", "screening", "stopping", "provenance"],  # provenance reads the hardware through meters
     ["engines/*", "meters/*"],
     ["server/*"],  # meters are picked for a server (meters/select.py) and probe it; a server knows no meter

@@ -41,7 +41,7 @@ from tuner.meters.select import MeterChoice
 from tuner.model_config import ModelConfig, apply_trial, read_model_config, trial_of, write_model_config
 from tuner.objective import Constraints, violations
 from tuner.provenance import environment
-from tuner.results import Measurement, TrialConfig, TrialResult
+from tuner.results import Measurement, SetConfig, TrialConfig, TrialResult
 from tuner.screening import Screen
 from tuner.server import control
 from tuner.server.base import Server, ServerLauncher
@@ -106,7 +106,7 @@ class TrialBench(Protocol):
     environment: dict[str, Any]
     meter_details: dict[str, Any]
 
-    def measure(self, config: TrialConfig, number: int, screen: Screen | None = None) -> TrialResult:
+    def measure(self, config: TrialConfig | SetConfig, number: int, screen: Screen | None = None) -> TrialResult:
         """Measure a config under the load policy, stopping early where `screen` (called after every window) gives a
         reason; failures come back as a failed TrialResult (failure_kind "tool" when the load tool failed)."""
         ...
@@ -230,7 +230,7 @@ class Bench:
             emit(self.progress, ServerRestarted(self.server_restarts))
             self._start()
 
-    def measure(self, config: TrialConfig, number: int, screen: Screen | None = None) -> TrialResult:
+    def measure(self, config: TrialConfig | SetConfig, number: int, screen: Screen | None = None) -> TrialResult:
         """Measure a config under the load policy; a refused config, failed requests or a dead server fail the trial
         (the config's failure), a failing load tool too (the tool's). `screen` is called after every window with the
         windows so far; a reason from it stops the measurement, which then holds those windows, marked screened."""
@@ -241,7 +241,7 @@ class Bench:
         concurrency = result.measurement.load.get("concurrency") if result.measurement is not None else None
         return self._trial(result.config, result.number, concurrency)
 
-    def _trial(self, config: TrialConfig, number: int, concurrency: int | None,
+    def _trial(self, config: TrialConfig | SetConfig, number: int, concurrency: int | None,
                screen: Screen | None = None) -> TrialResult:
         self._ensure_alive()
         measurement, reason, kind = None, None, "config"
@@ -258,10 +258,16 @@ class Bench:
         except ServerError as exc:
             reason = f"server died: {str(exc).splitlines()[0]}" if not self.server.is_alive() else str(exc)
         return TrialResult(number, config, measurement, reason,
-                           violations(measurement if reason is None else None, self.constraints),
+                           self.violations(measurement if reason is None else None),
                            failure_kind=kind if reason is not None else None)
 
-    def _measure(self, config: TrialConfig, concurrency: int | None, screen: Screen | None = None) -> Measurement:
+    def violations(self, measurement: Measurement | None) -> dict[str, float]:
+        """How far a measurement breaks the limits (None: failed)."""
+        return violations(measurement, self.constraints)
+
+    def _measure(self, config: TrialConfig | SetConfig, concurrency: int | None,
+                 screen: Screen | None = None) -> Measurement:
+        assert isinstance(config, TrialConfig)
         context, load = self._ctx(), self.load
         preloaded, self._preloaded = self._preloaded, None
         if load.auto_max_p99_ms is not None and concurrency is None:

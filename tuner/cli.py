@@ -20,7 +20,8 @@ from tuner import events
 from tuner.compare import CompareJob, compare_command
 from tuner.doctor import run_checks
 from tuner.errors import EXIT_FAILURE, BadInput, GreentuneError, NoFeasibleConfig
-from tuner.job import SearchJob, SearchSettings
+from tuner.job import SearchSettings
+from tuner.modelset import job_from_flags
 from tuner.paths import compare_json_path, compare_md_path
 from tuner.redact import mask_url, redact
 from tuner.run import MeasureJob, export_command, measure_command, report_command
@@ -106,12 +107,14 @@ def with_options(fn: Callable[..., Any], options: Sequence[Callable[[Any], Any]]
     return fn
 
 
-def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+def server_options(fn: Callable[..., Any], model_required: bool = True) -> Callable[..., Any]:
     """Flags naming the model and how to run Triton."""
     options = [
         click.option("--model-repository", "-r", required=True, type=click.Path(path_type=Path),
                      help="Triton model repository (folder of model folders)."),
-        click.option("--model", "-m", required=True, help="Name of the model to tune (a folder in the repository)."),
+        click.option("--model", "-m", required=model_required, default=None,
+                     help="Name of the model to tune (a folder in the repository)"
+                          + ("." if model_required else "; or --models FILE for a set tuned together.")),
         click.option("--launcher", type=click.Choice(["local", "docker", "remote"]), default="local",
                      show_default=True,
                      help="local: start tritonserver here; docker: run it in a container; remote: use --url."),
@@ -274,9 +277,21 @@ def compare(**flags: Any) -> None:
     sys.exit(comparison.exit_code)
 
 
+def set_server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """server_options with --model optional (search and worker take --models FILE instead)."""
+    return server_options(fn, model_required=False)
+
+
 def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Flags shared by search and worker: the space, constraints, budgets, sampler, study and outputs."""
     options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.option("--models", type=click.Path(path_type=Path), default=None, metavar="FILE",
+                     help="Tune a set of models on one server together: a YAML file giving each model's load "
+                          "(concurrency or request_rate), limits (max_p99_ms, min_throughput) and shape/input_data; "
+                          "max_memory_mb is the whole server's. See examples/model_set.yaml."),
+        click.option("--sharing", type=click.Choice(["best", "baseline", "off"]), default="best", show_default=True,
+                     help="With --models: after the search, measure each model alone (its config of the best set, or "
+                          "its own config) to report what sharing one server saves."),
         click.option("--space", "space_name", default="default", show_default=True,
                       help="Search space: a YAML file, or a built-in space: default, cpu or gpu (search_spaces/ in "
                            "the repository)."),
@@ -320,7 +335,7 @@ def search_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @cli.command()
-@server_options
+@set_server_options
 @load_options
 @search_options
 @click.option("--resume", is_flag=True, help="Continue the study in OUTPUT (or --storage) to --trials configs.")
@@ -343,7 +358,7 @@ def search(**flags: Any) -> None:
       greentune search -r model_repository -m mlp -c auto --max-p99-ms 50 -o out/ \\
         --traffic 2000 --carbon-intensity 400 --energy-price 0.15 --currency EUR
     """
-    job, settings = SearchJob.from_flags(flags), SearchSettings.from_flags(flags)
+    job, settings = job_from_flags(flags), SearchSettings.from_flags(flags)
     launchers = LauncherChoice.from_flags(flags)
     bar = ProgressBar(TextColumn("[bold]trial[/]"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
                       TextColumn("{task.description}"), console=console, transient=False)
@@ -378,7 +393,7 @@ def search(**flags: Any) -> None:
 
 
 @cli.command()
-@server_options
+@set_server_options
 @load_options
 @search_options
 @handle_errors
@@ -398,7 +413,7 @@ def worker(**flags: Any) -> None:
     """
     if not flags["study"] or not flags["storage"]:
         raise BadInput("worker needs --storage URL and --study NAME (the shared study to join)")
-    job, settings = SearchJob.from_flags(flags), SearchSettings.from_flags(flags)
+    job, settings = job_from_flags(flags), SearchSettings.from_flags(flags)
     launcher = LauncherChoice.from_flags(flags).launcher()
 
     def progress(event: events.Event) -> None:

@@ -13,7 +13,7 @@ from tuner.bench import Bench
 from tuner.errors import BadInput
 from tuner.measure import InputSource
 from tuner.model_config import ModelConfig, apply_trial, write_model_config
-from tuner.results import TrialResult
+from tuner.results import SetConfig, TrialConfig, TrialResult
 from tuner.server.base import ServerLauncher
 
 
@@ -35,10 +35,14 @@ def export_trial(output_dir: Path, number: int, destination: Path | None, launch
         raise BadInput(f"--trial {number}: no such trial in {output_dir}; trials: {', '.join(map(str, found)) or 'none'}")
     summary = json.loads(summary_path.read_text())
     result = TrialResult.from_dict(json.loads(record.read_text())["trial"])
+    if isinstance(result.config, SetConfig):
+        return _export_set(summary, summary_path, output_dir, number, result.config, destination, launcher,
+                           model_repository, from_study)
     base = ModelConfig()
     text_format.Parse(summary["model_config_pbtxt"], base)
     model = paths.model_folder_name(summary.get("model"), f"{summary_path}: model")
     path = Path(destination) if destination else paths.exported_config_path(output_dir, model, number)
+    assert isinstance(result.config, TrialConfig)
     if launcher is None:
         write_model_config(apply_trial(base, result.config), path)
         return path
@@ -49,6 +53,36 @@ def export_trial(output_dir: Path, number: int, destination: Path | None, launch
     with Bench(launcher, Path(repository), model, base, paths.export_server_dir(output_dir),
                InputSource(_shapes(summary))) as bench:
         return bench.export(result.config, path)
+
+
+def _export_set(summary: dict[str, Any], summary_path: Path, output_dir: Path, number: int, config: SetConfig,
+                destination: Path | None, launcher: ServerLauncher | None, model_repository: Path | None,
+                from_study: bool) -> Path:
+    """A set's trial: every model's config to DESTINATION/<model>/config.pbtxt (default OUTPUT/<model>/
+    config.trial-N.pbtxt), each loaded and served once on a server of its own where a launcher is given; returns
+    the folder."""
+    models = summary.get("models") or {}
+    folder = Path(destination) if destination else output_dir
+    repository = model_repository or (None if from_study else summary.get("model_repository"))
+    if launcher is not None and not repository:
+        raise BadInput("--verify: give --model-repository (the folder on this machine that holds the set's models); "
+                       "the repository a shared study names is not used, any worker can write it; or --no-verify")
+    for model, trial in config.members:
+        name = paths.model_folder_name(model, f"{summary_path}: models")
+        own = (models.get(model) or {}).get("model_config_pbtxt")
+        if not own:
+            raise BadInput(f"{summary_path}: models.{model}.model_config_pbtxt: missing; rerun the search to rewrite it")
+        base = ModelConfig()
+        text_format.Parse(own, base)
+        path = folder / name / "config.pbtxt" if destination else paths.exported_config_path(output_dir, name, number)
+        if launcher is None:
+            write_model_config(apply_trial(base, trial), path)
+            continue
+        shapes = {k: tuple(v) for k, v in ((models.get(model) or {}).get("input_shapes") or {}).items()}
+        with Bench(launcher, Path(str(repository)), name, base, paths.export_server_dir(output_dir),
+                   InputSource(shapes)) as bench:
+            bench.export(trial, path)
+    return folder
 
 
 def _shapes(summary: dict[str, Any]) -> dict[str, tuple[int, ...]]:

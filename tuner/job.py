@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuner import paths
 from tuner.bench import Bench, LoadPolicy
 from tuner.errors import BadInput
 from tuner.events import Progress
@@ -18,9 +19,9 @@ from tuner.impact import ImpactInputs, resolve_inputs
 from tuner.inputs import parse_shape_options
 from tuner.measure import InputSource, MeasureSettings
 from tuner.meters.select import MeterChoice
-from tuner.model_config import ModelConfig, load_model_config, to_text
-from tuner.objective import Constraints, check_objective
-from tuner.results import ensure_writable_dir
+from tuner.model_config import ModelConfig, SetBase, load_model_config, to_text
+from tuner.objective import Constraints, check_objective, violations
+from tuner.results import Measurement, SetConfig, TrialConfig, ensure_writable_dir
 from tuner.server.base import ServerLauncher
 from tuner.server.choose import parse_gpus
 from tuner.space import Space, space_from_name
@@ -105,7 +106,7 @@ class SearchJob:
 
     model_repository: Path
     model: str
-    base: ModelConfig
+    base: ModelConfig | SetBase  # a set (modelset.SetJob): every model's own config
     space: Space
     constraints: Constraints
     load: LoadPolicy
@@ -123,6 +124,8 @@ class SearchJob:
     def from_flags(cls, flags: dict[str, Any]) -> SearchJob:
         """The job from the model, space, constraint, load, meter, impact and output flags; the output folder is
         created and proven writable."""
+        if not flags.get("model"):
+            raise BadInput("--model: name the model to tune (a folder in --model-repository), or give --models FILE")
         base = load_model_config(flags["model_repository"], flags["model"])
         space = space_from_name(flags["space_name"])
         impact = resolve_inputs(flags, space.impact, space.source)  # the impact flags over the space's impact: block
@@ -145,6 +148,7 @@ class SearchJob:
     @property
     def model_space(self) -> Space:
         """The space as this model can take it (batching knobs only where the model batches)."""
+        assert isinstance(self.base, ModelConfig)
         return self.space.for_model(self.base.max_batch_size > 0)
 
     def load_description(self) -> dict[str, Any]:
@@ -167,12 +171,23 @@ class SearchJob:
     def shared_fingerprint(self) -> dict[str, Any]:
         """A shared study's settings: as fingerprint(), but the space by its knobs (workers keep the file in
         different folders) and the model's own config.pbtxt (every worker must tune the same model)."""
+        assert isinstance(self.base, ModelConfig)
         knobs = json.loads(json.dumps([dataclasses.asdict(k) for k in self.space.knobs]))  # as stored: lists
         return {**self.fingerprint(), "space": knobs,
                 "model_config": hashlib.sha256(to_text(self.base).encode()).hexdigest()[:16]}
 
+    def violations(self, measurement: Measurement | None) -> dict[str, float]:
+        """How far a measurement breaks the job's limits (objective.violations)."""
+        return violations(measurement, self.constraints)
+
+    def export(self, bench: Bench, config: TrialConfig | SetConfig) -> Path:
+        """Load the config on the bench, smoke-test it and write OUTPUT/<model>/config.pbtxt; returns its path."""
+        assert isinstance(config, TrialConfig)
+        return bench.export(config, paths.exported_config_path(self.output, self.model))
+
     def bench(self, launcher: ServerLauncher, progress: Progress | None = None) -> Bench:
         """The bench every config of this search is measured on (a context manager)."""
+        assert isinstance(self.base, ModelConfig)
         return Bench(launcher, self.model_repository, self.model, self.base, self.output, self.inputs, self.load,
                      self.measure, self.constraints, MeterChoice(self.energy_meter, self.cpu_tdp_watts, self.gpus),
                      progress)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -20,7 +21,7 @@ from tuner.load import LoadSpec, WindowStats, is_stable
 from tuner.meters.base import SOURCE_UNAVAILABLE, Meter, Reading
 from tuner.model_config import ModelConfig, apply_trial
 from tuner.objective import REQUEST_RATE_TOLERANCE
-from tuner.results import Measurement, Spread, TrialConfig, Window
+from tuner.results import Measurement, SetConfig, Spread, TrialConfig, Window
 from tuner.screening import Screen, ScreenWindow
 from tuner.server import control
 from tuner.server.base import Server
@@ -189,82 +190,159 @@ async def _probe(ctx: MeasureContext, samples: list[Sample], load: LoadSpec) -> 
     return bin_window(records, start_ns, end_ns)
 
 
+@dataclass(frozen=True)
+class Drive:
+    """One model driven during a measurement: its name, its load and its request inputs."""
+
+    model: str
+    load: LoadSpec
+    samples: list[Sample]
+
+
+def measure_set(ctx: MeasureContext, config: SetConfig, drives: list[Drive], screen: Screen | None = None) -> Measurement:
+    """Measure a set of loaded models, each driven by its own engine at its own load over the same windows and meters:
+    the set's Measurement (every inference over every joule) with each model's figures in `members`."""
+    return asyncio.run(_measure_drives(ctx, config, drives, screen))
+
+
 async def _measure(ctx: MeasureContext, trial: TrialConfig, load: LoadSpec, samples: list[Sample],
                    screen: Screen | None = None) -> Measurement:
+    return await _measure_drives(ctx, trial, [Drive(ctx.model, load, samples)], screen)
+
+
+async def _measure_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, drives: list[Drive],
+                          screen: Screen | None = None) -> Measurement:
     """Warm-up, then wall-clock windows under the meters; requests are binned into them by completion time.
 
     `screen` sees every window as it ends; a reason from it stops the load early (unless that window made the
-    measurement stable, or was the last), and the windows so far are summarized, marked screened with the reason."""
-    server, model, meters, settings, progress = ctx.server, ctx.model, ctx.meters, ctx.settings, ctx.progress
+    measurement stable, or was the last), and the windows so far are summarized, marked screened with the reason.
+    Several drives (a set of models) run at once, one engine each; a window's figures are then the set's."""
+    server, meters, settings, progress = ctx.server, ctx.meters, ctx.settings, ctx.progress
     windows: list[tuple[WindowStats, list[Reading]]] = []
     seen: list[ScreenWindow] = []
     screened: str | None = None
     spans: list[tuple[int, int]] = []
-    triton_counts: list[float | None] = []
-    parts: list[RequestRecords] = []
+    triton_counts: list[list[float | None]] = [[] for _ in drives]
+    parts: list[list[RequestRecords]] = [[] for _ in drives]
+    window_s = settings.window_for(meters)
     # The engine's longest run: it sizes what the engine records (perf_analyzer's export).
-    load = replace(load, run_s=load.run_s or settings.warmup_s + settings.max_windows * settings.window_for(meters))
-    with run_engine(server.grpc_url, model, samples, load) as engine:
-        emit(progress, EngineStarted(engine.name))
+    drives = [replace(d, load=replace(d.load, run_s=d.load.run_s or settings.warmup_s + settings.max_windows * window_s))
+              for d in drives]
+    models = [d.model for d in drives]
+    with contextlib.ExitStack() as stack:
+        engines = [stack.enter_context(run_engine(server.grpc_url, d.model, d.samples, d.load)) for d in drives]
+        for name in dict.fromkeys(e.name for e in engines):
+            emit(progress, EngineStarted(name))
+        live = all(e.live for e in engines)
         if settings.warmup_s > 0:
             emit(progress, WarmingUp(settings.warmup_s))
             await asyncio.sleep(settings.warmup_s)
-            engine.drain()
+            for engine in engines:
+                engine.drain()
             _check_alive(server)
-        window_s = settings.window_for(meters)
         for index in range(settings.max_windows):
             for meter in meters:
                 meter.begin()
             try:
                 # The window's stamps sit at the middle of Triton's count reads, inside the meters' span.
-                start_ns, count_before = _stamped_count(server, model)
+                start_ns, counts_before = _stamped_counts(server, models)
                 await asyncio.sleep(window_s)
-                end_ns, count_after = _stamped_count(server, model)
+                end_ns, counts_after = _stamped_counts(server, models)
             finally:
                 readings = [meter.end() for meter in meters]
             _check_alive(server)
-            parts.append(engine.drain())
             spans.append((start_ns, end_ns))
-            triton = count_after - count_before if count_before is not None and count_after is not None else None
-            triton_counts.append(triton)
-            if engine.live:  # records of this window may sit in this drain and the one before
-                stats = bin_window(RequestRecords.merge(parts[-2:]), start_ns, end_ns)
+            for part, engine, counts, before, after in zip(parts, engines, triton_counts, counts_before, counts_after,
+                                                          strict=True):
+                part.append(engine.drain())
+                counts.append(after - before if before is not None and after is not None else None)
+            if live:  # records of this window may sit in this drain and the one before
+                stats = combine_stats([bin_window(RequestRecords.merge(part[-2:]), start_ns, end_ns) for part in parts])
             else:  # records come at the end: Triton's count meanwhile (p99 unknown until then)
                 stats = WindowStats(duration_s=(end_ns - start_ns) / 1e9)
             windows.append((stats, readings))
-            throughput = stats.throughput_per_s if engine.live else (triton or 0.0) / stats.duration_s
+            counted = _set_counts(triton_counts)
+            throughput = stats.throughput_per_s if live else (counted[-1] or 0.0) / stats.duration_s
             emit(progress, WindowMeasured(index + 1, settings.max_windows, throughput, stats.percentile_ms(99)))
-            throughputs = [w.throughput_per_s for w, _ in windows] if engine.live else [
-                (c or 0.0) / w.duration_s for c, (w, _) in zip(triton_counts, windows, strict=True)]
-            p99s = [w.percentile_ms(99) for w, _ in windows] if engine.live else [1.0] * len(windows)
+            throughputs = [w.throughput_per_s for w, _ in windows] if live else [
+                (c or 0.0) / w.duration_s for c, (w, _) in zip(counted, windows, strict=True)]
+            p99s = [w.percentile_ms(99) for w, _ in windows] if live else [1.0] * len(windows)
             reason = None
             if screen is not None:
-                counted = stats.success_count if engine.live else triton
-                seen.append(_screen_window(index + 1, stats, readings, counted, engine.live, load, ctx))
+                seen.append(_screen_window(index + 1, stats, readings, stats.success_count if live else counted[-1],
+                                           live, drives[0].load if len(drives) == 1 else None, ctx))
                 reason = screen(tuple(seen))
             if is_stable(throughputs, p99s, settings.stability_tolerance, settings.stable_windows):
                 break
             if reason is not None and index + 1 < settings.max_windows:
                 screened = f"after {index + 1} window{'s' if index else ''}: {reason}"
                 break
-        parts.append(engine.stop())
+        for part, engine in zip(parts, engines, strict=True):
+            part.append(engine.stop())
     for meter in meters:
         meter.close()
-    records = RequestRecords.merge(parts)
+    records = [RequestRecords.merge(part) for part in parts]
     # Records cut short (a damaged export) keep the windows they cover; too few left is the load tool's failure.
-    kept, damage = covered_windows(records, spans, settings.stable_windows)
-    spans, windows, triton_counts = spans[:kept], windows[:kept], triton_counts[:kept]
-    windows = [(bin_window(records, start, end), readings) for (start, end), (_, readings) in zip(spans, windows,
-                                                                                                  strict=True)]
-    measurement = summarize(trial, load, windows, settings, ctx.idle_power_w)
+    covered = [covered_windows(r, spans, settings.stable_windows) for r in records]
+    kept = min(k for k, _ in covered)
+    damages = [d for _, d in covered if d]
+    spans, windows = spans[:kept], windows[:kept]
+    per_drive = [[bin_window(r, start, end) for start, end in spans] for r in records]
+    readings_of = [readings for _, readings in windows]
+    if len(drives) == 1:
+        measurement = summarize(trial, drives[0].load, list(zip(per_drive[0], readings_of, strict=True)), settings,
+                                ctx.idle_power_w)
+    else:
+        assert isinstance(trial, SetConfig)
+        measurement = _summarize_set(trial, drives, per_drive, readings_of, settings, ctx.idle_power_w)
     used = len(measurement.windows)
-    checks = count_warnings([w for w, _ in windows][-used:], triton_counts[-used:], engine.name)
-    checks += [damage] if damage else []
+    checks = [w for drive, stats_of, counts in zip(drives, per_drive, triton_counts, strict=True)
+              for w in count_warnings(stats_of[-used:], counts[:kept][-used:], engines[0].name,
+                                      drive.model if len(drives) > 1 else None)]
+    checks += damages
     return replace(measurement, warnings=measurement.warnings + tuple(checks), screened_reason=screened)
 
 
+def _summarize_set(config: SetConfig, drives: list[Drive], per_drive: list[list[WindowStats]],
+                   readings_of: list[list[Reading]], settings: MeasureSettings,
+                   idle_power_w: float | None) -> Measurement:
+    """The set's Measurement (every model's requests over the server's joules) with each model's own figures (its
+    requests, no energy) in `members`; a model whose requests failed is named in the error."""
+    members: dict[str, Measurement] = {}
+    for drive, stats_of in zip(drives, per_drive, strict=True):
+        try:
+            members[drive.model] = summarize(config.of(drive.model), drive.load,
+                                             [(stats, []) for stats in stats_of], settings)
+        except LoadGenerationError as exc:
+            raise LoadGenerationError(f"{drive.model}: {exc}") from None
+    combined = [combine_stats(list(window)) for window in zip(*per_drive, strict=True)]
+    # Each model's rate was checked on its own above; the set's load is then described, not checked again.
+    total = summarize(config, LoadSpec(concurrency=1, engine=drives[0].load.engine),
+                      list(zip(combined, readings_of, strict=True)), settings, idle_power_w)
+    load = {"mode": "set", "members": {d.model: d.load.describe() for d in drives}}
+    return replace(total, load=load, members=members)
+
+
+def combine_stats(stats: list[WindowStats]) -> WindowStats:
+    """Several models' figures over one window as the set's: every request's latency, failures and sends."""
+    if len(stats) == 1:
+        return stats[0]
+    sent = [s.sent_count for s in stats]
+    return WindowStats(duration_s=stats[0].duration_s, latencies_ms=[v for s in stats for v in s.latencies_ms],
+                       failure_count=sum(s.failure_count for s in stats), errors=[e for s in stats for e in s.errors],
+                       sent_count=None if any(c is None for c in sent) else sum(c for c in sent if c is not None))
+
+
+def _set_counts(triton_counts: list[list[float | None]]) -> list[float | None]:
+    """Triton's count per window summed over the set's models (None where one was unreadable)."""
+    out: list[float | None] = []
+    for window in zip(*triton_counts, strict=True):
+        out.append(None if any(c is None for c in window) else sum(c for c in window if c is not None))
+    return out
+
+
 def _screen_window(index: int, stats: WindowStats, readings: list[Reading], inferences: float | None, live: bool,
-                   load: LoadSpec, ctx: MeasureContext) -> ScreenWindow:
+                   load: LoadSpec | None, ctx: MeasureContext) -> ScreenWindow:
     """What a window showed as it ended: inferences (Triton's count where the engine reports at exit), joules as
     accounted, memory (GPU memory where metered), p99 where the engine reports live."""
     energies = [sum(r.energy_j.values()) for r in readings if r.energy_j]
@@ -276,19 +354,23 @@ def _screen_window(index: int, stats: WindowStats, readings: list[Reading], infe
     p99 = stats.percentile_ms(99) if live else None
     return ScreenWindow(index=index, duration_s=stats.duration_s, inferences=inferences,
                         energy_j=energy, memory_mb=max(memory) if memory else None,
-                        p99_ms=p99 if p99 is None or p99 == p99 else None, concurrency=load.concurrency)
+                        p99_ms=p99 if p99 is None or p99 == p99 else None,
+                        concurrency=load.concurrency if load is not None else None)
 
 
-def _stamped_count(server: Server, model: str) -> tuple[int, float | None]:
-    """Triton's inference count of the model and the wall-clock ns (time.time_ns()) it stands for."""
+def _stamped_counts(server: Server, models: list[str]) -> tuple[int, list[float | None]]:
+    """Triton's inference count of each model and the wall-clock ns (time.time_ns()) they stand for."""
     before = time.time_ns()
-    count = inference_count(server.metrics_url, model)
-    return (before + time.time_ns()) // 2, count
+    counts = [inference_count(server.metrics_url, model) for model in models]
+    return (before + time.time_ns()) // 2, counts
 
 
-def count_warnings(windows: list[WindowStats], triton_counts: list[float | None], engine: str) -> list[str]:
-    """A warning per window whose successful requests differ from Triton's nv_inference_count by more than 2%."""
+def count_warnings(windows: list[WindowStats], triton_counts: list[float | None], engine: str,
+                   model: str | None = None) -> list[str]:
+    """A warning per window whose successful requests differ from Triton's nv_inference_count by more than 2% (in a
+    set, each model's requests against its own count, the model named)."""
     warnings = []
+    engine = f"{engine} ({model})" if model else engine
     for index, (stats, triton) in enumerate(zip(windows, triton_counts, strict=True)):
         if triton is None:
             continue
@@ -306,7 +388,7 @@ def _check_alive(server: Server) -> None:
 
 
 def summarize(
-    trial: TrialConfig, load: LoadSpec, windows: list[tuple[WindowStats, list[Reading]]], settings: MeasureSettings,
+    trial: TrialConfig | SetConfig, load: LoadSpec, windows: list[tuple[WindowStats, list[Reading]]], settings: MeasureSettings,
     idle_power_w: float | None = None,
 ) -> Measurement:
     """Aggregate the final windows into a Measurement; too many failed requests raise LoadGenerationError.
@@ -466,4 +548,6 @@ def pool_measurements(runs: list[Measurement], settings: MeasureSettings) -> Mea
         windows=tuple(windows),
         warnings=tuple(dict.fromkeys(w for m in runs for w in m.warnings)),
         repeats=len(runs),
+        members={model: pool_measurements([m.members[model] for m in runs], settings) for model in first.members
+                 if all(model in m.members for m in runs)},
     )

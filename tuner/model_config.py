@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -12,7 +14,7 @@ from google.protobuf import json_format, text_format
 
 from tuner.errors import BadInput
 from tuner.fileio import atomic_write
-from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, TrialConfig, normalize_kind
+from tuner.results import BATCHING_KNOBS, INSTANCE_KINDS, KNOB_SPECS, KNOBS, SetConfig, TrialConfig, normalize_kind
 
 PB2_MODULE = "tritonclient.grpc.model_config_pb2"
 
@@ -159,10 +161,48 @@ def trial_of(config: ModelConfig) -> TrialConfig:
 
 
 
-def effective_key(base: ModelConfig, trial: TrialConfig) -> str | None:
-    """The identity of the config the server runs (two knob sets that render the same model config are one); None
-    when the knobs are invalid for this model."""
+@dataclass(frozen=True)
+class SetBase:
+    """The own configs of a set of models tuned together (`search --models`), in the set's order; own_config,
+    check_config and effective_key take it where they take one model's ModelConfig."""
+
+    members: tuple[tuple[str, ModelConfig], ...]
+
+    def of(self, model: str) -> ModelConfig:
+        """One model's own config."""
+        return dict(self.members)[model]
+
+
+def own_config(base: ModelConfig | SetBase) -> TrialConfig | SetConfig:
+    """The knob values of the model's own config (a set: every model's), i.e. the baseline trial."""
+    if isinstance(base, SetBase):
+        return SetConfig(tuple((model, trial_of(config)) for model, config in base.members))
+    return trial_of(base)
+
+
+def check_config(base: ModelConfig | SetBase, trial: TrialConfig | SetConfig) -> None:
+    """BadInput naming the knob (in a set, the model too) when the config cannot apply."""
+    if isinstance(base, SetBase):
+        assert isinstance(trial, SetConfig)
+        for model, config in base.members:
+            try:
+                validate_trial(config, trial.of(model))
+            except BadInput as exc:
+                raise BadInput(f"{model}: {exc}") from None
+        return
+    assert isinstance(trial, TrialConfig)
+    validate_trial(base, trial)
+
+
+def effective_key(base: ModelConfig | SetBase, trial: TrialConfig | SetConfig) -> str | None:
+    """The identity of the config the server runs (two knob sets that render the same model config are one; a set's
+    is every model's); None when the knobs are invalid for this model."""
     try:
+        if isinstance(base, SetBase):
+            assert isinstance(trial, SetConfig)
+            keys = {model: trial_of(apply_trial(config, trial.of(model))).knobs() for model, config in base.members}
+            return json.dumps(keys, sort_keys=True)
+        assert isinstance(trial, TrialConfig)
         return trial_of(apply_trial(base, trial)).key()
     except BadInput:
         return None

@@ -77,6 +77,21 @@ def violations(measurement: Measurement | None, constraints: Constraints) -> dic
     return {k: v if math.isfinite(v) else FAILED_VIOLATION for k, v in out.items()}
 
 
+def set_violations(measurement: Measurement | None, constraints: Constraints,
+                   members: dict[str, Constraints]) -> dict[str, float]:
+    """A set of models on one server: the server's limits (memory) on the set's figures, and each model's own limits
+    on its own figures, named MODEL/constraint (e.g. "mlp/max_p99_ms")."""
+    out = violations(measurement, constraints)
+    if measurement is None:
+        return out
+    for model, limits in members.items():
+        own = measurement.members.get(model)
+        for name, amount in violations(own, limits).items():
+            if name != "failed":
+                out[f"{model}/{name}"] = amount
+    return out
+
+
 def asked_rate_per_s(measurement: Measurement) -> float | None:
     """The open-loop rate the measurement was asked for (requests/s); None under a closed loop."""
     if measurement.load.get("mode") != "request_rate":

@@ -12,7 +12,8 @@ from tuner.errors import StorageError
 from tuner.fileio import atomic_path
 from tuner.impact import ImpactInputs, annual_summary, impact_summary, trial_per_million
 from tuner.job import SearchJob
-from tuner.model_config import to_text
+from tuner.model_config import ModelConfig, to_text
+from tuner.modelset import SetJob
 from tuner.objective import (
     OBJECTIVES,
     best_trial,
@@ -26,7 +27,7 @@ from tuner.objective import (
 )
 from tuner.pruning import SINGLE_WINDOW_SDS
 from tuner.redact import mask_url, redact
-from tuner.results import KNOBS, TrialResult, group_by_hardware, hardware_group, write_json
+from tuner.results import KNOBS, SetConfig, TrialResult, group_by_hardware, hardware_group, write_json
 from tuner.screening import P99_FAR_FACTOR
 from tuner.search import SearchOutcome
 
@@ -142,7 +143,9 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
     return {
         "model": job.model,
         "model_repository": str(Path(job.model_repository).resolve()),
-        "model_config_pbtxt": to_text(job.base),
+        "model_config_pbtxt": to_text(job.base) if isinstance(job.base, ModelConfig) else None,
+        **({"models": set_members_summary(job, outcome, exported), "sharing": outcome.sharing}
+           if isinstance(job, SetJob) else {}),
         "input_shapes": {k: list(v) for k, v in job.inputs.shapes.items()},
         "status": "feasible" if outcome.best else "no_feasible_config",
         "stop_reason": outcome.stop_reason,
@@ -186,6 +189,31 @@ def summary_document(job: SearchJob, outcome: SearchOutcome, exported: Path | No
     }
 
 
+def set_members_summary(job: SetJob, outcome: SearchOutcome, exported: Path | None) -> dict[str, Any]:
+    """A set's models: each one's own config, load, limits, space, its figures in the chosen set (and the baseline
+    set) and where its config was exported."""
+    out: dict[str, Any] = {}
+    for member in job.members:
+        figures = {}
+        for name, result in (("best", outcome.best), ("baseline", outcome.baseline)):
+            m = result.measurement.members.get(member.model) if result and result.measurement else None
+            figures[name] = None if m is None or result is None else {
+                "config": m.config.knobs(), "throughput_per_s": m.throughput_per_s.to_dict(),
+                "p50_ms": m.p50_ms, "p99_ms": m.p99_ms.to_dict(), "failure_rate": m.failure_rate,
+                "success_count": m.success_count, "load": m.load,
+                "violations": {k.split("/", 1)[1]: v for k, v in result.violations.items()
+                               if k.startswith(f"{member.model}/")}}
+        out[member.model] = {
+            "model_config_pbtxt": to_text(member.base),
+            "input_shapes": {k: list(v) for k, v in member.inputs.shapes.items()},
+            "input_data": str(member.inputs.input_data) if member.inputs.input_data else None,
+            "load": member.load.describe(), "constraints": member.constraints.to_dict(),
+            "search_space": member.space.source, **figures,
+            "exported_config": str(paths.exported_config_path(job.output, member.model)) if exported else None,
+        }
+    return out
+
+
 def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
                  impact: ImpactInputs | None = None) -> pd.DataFrame:
     """One row per measured trial: knobs, measurements with units, sources, feasibility, Pareto, per-million figures."""
@@ -195,9 +223,12 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
     for r in results:
         m = r.measurement
         row: dict[str, Any] = {"trial": r.number, "baseline": baseline is not None and r.number == baseline.number}
-        for knob in KNOBS:
-            value = r.config.knobs().get(knob)
-            row[knob] = ",".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(r.config, SetConfig):  # a set: each model's knobs and figures, named MODEL/column
+            row.update(_member_columns(r))
+        else:
+            for knob in KNOBS:
+                value = r.config.knobs().get(knob)
+                row[knob] = ",".join(map(str, value)) if isinstance(value, list) else value
         row.update({
             "status": r.status,
             "failure_kind": r.failure_kind,
@@ -233,6 +264,21 @@ def trials_frame(results: list[TrialResult], baseline: TrialResult | None,
                 row[f"violation_{name}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _member_columns(result: TrialResult) -> dict[str, Any]:
+    """A set's trial: each model's knobs, then its throughput, latency and failures over the set's windows."""
+    assert isinstance(result.config, SetConfig)
+    row: dict[str, Any] = {}
+    for model, config in result.config.members:
+        for knob, value in config.knobs().items():
+            row[f"{model}/{knob}"] = ",".join(map(str, value)) if isinstance(value, list) else value
+        m = result.measurement.members.get(model) if result.measurement else None
+        row[f"{model}/throughput_per_s"] = m.throughput_per_s.mean if m else None
+        row[f"{model}/p50_ms"] = m.p50_ms if m else None
+        row[f"{model}/p99_ms"] = m.p99_ms.mean if m else None
+        row[f"{model}/failure_rate"] = m.failure_rate if m else None
+    return row
 
 
 def _per_million_columns(result: TrialResult, impact: ImpactInputs) -> dict[str, Any]:

@@ -146,6 +146,47 @@ class TrialConfig:
 
 
 @dataclass(frozen=True)
+class SetConfig:
+    """One config per model of a set tuned together (`search --models`): a TrialConfig each, in the set's order.
+    It answers what the loop asks of a TrialConfig (knobs, key, describe); its knobs nest one dict per model."""
+
+    members: tuple[tuple[str, TrialConfig], ...]
+
+    def of(self, model: str) -> TrialConfig:
+        """The config of one model of the set."""
+        return dict(self.members)[model]
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The set's models, in order."""
+        return tuple(model for model, _ in self.members)
+
+    def knobs(self) -> dict[str, Any]:
+        """{model: that model's knobs} (a TrialConfig's knobs never hold a dict, so the two never read alike)."""
+        return {model: config.knobs() for model, config in self.members}
+
+    def key(self) -> str:
+        """A canonical string identifying the set's configs (for dedupe)."""
+        return json.dumps(self.knobs(), sort_keys=True)
+
+    def describe(self) -> str:
+        """'mlp: instance_count=2 ...; other: ...'."""
+        return "; ".join(f"{model}: {config.describe()}" for model, config in self.members)
+
+    @classmethod
+    def from_knobs(cls, knobs: dict[str, Any]) -> SetConfig:
+        """Inverse of knobs()."""
+        return cls(tuple((model, TrialConfig.from_knobs(values)) for model, values in knobs.items()))
+
+
+def config_from_knobs(knobs: dict[str, Any]) -> TrialConfig | SetConfig:
+    """A recorded config: a set's when its knobs nest one dict per model, else one model's."""
+    if knobs and all(isinstance(v, dict) for v in knobs.values()):
+        return SetConfig.from_knobs(knobs)
+    return TrialConfig.from_knobs(knobs)
+
+
+@dataclass(frozen=True)
 class Spread:
     """Mean, sample standard deviation and count of repeated measurements of one quantity."""
 
@@ -206,7 +247,7 @@ class Window:
 class Measurement:
     """What one trial measured over its final (stable) windows, with units and sources."""
 
-    config: TrialConfig
+    config: TrialConfig | SetConfig
     load: dict[str, Any]
     throughput_per_s: Spread
     p50_ms: float
@@ -231,6 +272,9 @@ class Measurement:
     total_energy_j: float | None = None  # before idle is subtracted (equals energy_j with 'total' accounting)
     energy_details: dict[str, Any] = field(default_factory=dict)  # per meter: method, TDP basis, cross-checks
     screened_reason: str | None = None  # stopped early (clearly worse, or clearly breaking a constraint): why
+    # A set of models (search --models): each model's own figures over the same windows (no energy: the server's
+    # joules belong to the set, not to one of its models); empty for one model.
+    members: dict[str, Measurement] = field(default_factory=dict)
 
     @property
     def failure_rate(self) -> float:
@@ -251,6 +295,7 @@ class Measurement:
         data["config"] = self.config.knobs()
         for name in ("throughput_per_s", "p99_ms", "inferences_per_j"):
             data[name] = getattr(self, name).to_dict()
+        data["members"] = {model: m.to_dict() for model, m in self.members.items()}
         data["failure_rate"] = self.failure_rate
         data["energy_per_inference_j"] = self.energy_per_inference_j
         return data
@@ -259,7 +304,8 @@ class Measurement:
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
         """Inverse of to_dict()."""
         values = {f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data}
-        values["config"] = TrialConfig.from_knobs(data["config"])
+        values["config"] = config_from_knobs(data["config"])
+        values["members"] = {model: Measurement.from_dict(m) for model, m in (data.get("members") or {}).items()}
         for name in ("throughput_per_s", "p99_ms", "inferences_per_j"):
             values[name] = Spread.from_dict(data[name])
         values["windows"] = tuple(Window(**w) for w in data.get("windows", ()))
@@ -324,7 +370,7 @@ class TrialResult:
     """A trial's outcome: its measurement (partial when screened), or why it failed and whose failure it was."""
 
     number: int
-    config: TrialConfig
+    config: TrialConfig | SetConfig
     measurement: Measurement | None
     failure_reason: str | None = None
     violations: dict[str, float] = field(default_factory=dict)
@@ -391,7 +437,7 @@ class TrialResult:
         m = data.get("measurement")
         return cls(
             number=int(data["number"]),
-            config=TrialConfig.from_knobs(data["config"]),
+            config=config_from_knobs(data["config"]),
             measurement=Measurement.from_dict(m) if m else None,
             failure_reason=data.get("failure_reason"),
             violations=dict(data.get("violations", {})),

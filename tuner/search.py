@@ -14,8 +14,8 @@ from tuner.bench import TrialBench
 from tuner.events import Progress, RepeatFailed, RepeatStarted, TrialFinished, TrialsRecovered, emit
 from tuner.job import SearchJob, SearchSettings
 from tuner.measure import pool_measurements
-from tuner.model_config import trial_of
-from tuner.objective import best_trial, objective_value, violations
+from tuner.model_config import own_config
+from tuner.objective import best_trial, objective_value
 from tuner.policy import LocalPolicy, Policy, SharedPolicy
 from tuner.results import Hardware, TrialResult
 from tuner.sampling import grid_params
@@ -39,6 +39,7 @@ class SearchOutcome:
     repeated: list[int] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
     meter_details: dict[str, Any] = field(default_factory=dict)
+    sharing: dict[str, Any] | None = None  # a set of models: what serving them on one server saves (modelset)
 
 
 class SearchStopped(Exception):
@@ -82,14 +83,15 @@ class Search:
     def _queue_first(self, store: StudyStore) -> None:
         """The model's own config first; then a grid's every config, or the first configs worth measuring (not for
         a shared study, whose workers open it at once and would each queue them)."""
-        space, baseline = self.job.model_space, trial_of(self.job.base)
-        store.queue(space.params_of(baseline), **{BASELINE_ATTR: True})
+        space, baseline = self.job.model_space, own_config(self.job.base)
+        # A set's job has a set's space and config (modelset.SetSpace takes a SetConfig where Space takes a TrialConfig).
+        store.queue(space.params_of(baseline), **{BASELINE_ATTR: True})  # type: ignore[arg-type]
         if self.settings.sampler == "grid":
             for params in grid_params(space, self.settings.seed):
                 store.queue(params)
         elif self.settings.first_trials and not self.settings.shared:
             in_flight = self.job.load.spec.concurrency if self.job.load.auto_max_p99_ms is None else None
-            for params in space.first_params(in_flight, baseline)[: max(0, self.settings.trials - 1)]:
+            for params in space.first_params(in_flight, baseline)[: max(0, self.settings.trials - 1)]:  # type: ignore[arg-type]
                 store.queue(params, **{FIRST_ATTR: True})
 
     def run(self, bench: TrialBench) -> SearchOutcome:
@@ -142,7 +144,7 @@ class Search:
                  notify: bool = True) -> SearchOutcome:
         """The outcome so far: best and baseline chosen, the bench's provenance copied; handed to on_result."""
         results = policy.results
-        own = trial_of(self.job.base)
+        own = own_config(self.job.base)
         baselines = [r for r in results if r.config == own]
         outcome = SearchOutcome(
             results=results, baseline=min(baselines, key=lambda r: r.number) if baselines else None,
@@ -175,7 +177,7 @@ def repeat_top(store: StudyStore, bench: TrialBench, outcome: SearchOutcome, job
             runs.append(again.measurement)
         pooled = pool_measurements(runs, job.measure)
         updated = TrialResult(result.number, result.config, pooled, result.failure_reason,
-                              violations(pooled, job.constraints), result.hardware)
+                              job.violations(pooled), result.hardware)
         outcome.results[outcome.results.index(result)] = updated
         store.save_repeat(updated)
 

@@ -13,6 +13,7 @@ from tuner.events import Progress, Warned, emit
 from tuner.impact import ImpactInputs
 from tuner.job import SearchJob, SearchSettings
 from tuner.meters import nvml
+from tuner.modelset import SetJob, measure_sharing
 from tuner.outputs import summary_document, write_outputs, write_summary, write_trials_csv
 from tuner.parallel import Slot, plan_slots, run_slots, slot_job
 from tuner.redact import mask_url
@@ -51,8 +52,10 @@ def run_one_search(job: SearchJob, settings: SearchSettings, launcher: ServerLau
     exported = None
     with job.bench(launcher, progress) as bench:
         outcome = search.run(bench)
+        if isinstance(job, SetJob):
+            outcome.sharing = measure_sharing(job, bench, outcome, progress)
         if outcome.best is not None:
-            exported = bench.export(outcome.best.config, paths.exported_config_path(job.output, job.model))
+            exported = job.export(bench, outcome.best.config)
     write_outputs(job, outcome, exported)
     write_reports(str(job.output))
     return outcome, exported
@@ -93,8 +96,10 @@ def run_parallel_search(job: SearchJob, settings: SearchSettings, slots: list[Sl
         for result in outcome.results:
             store.write_record(result, job.output)
         exported = None
+        if isinstance(job, SetJob):
+            outcome.sharing = measure_sharing(job, benches[0], outcome, progress)
         if outcome.best is not None:
-            exported = benches[0].export(outcome.best.config, paths.exported_config_path(job.output, job.model))
+            exported = job.export(benches[0], outcome.best.config)
     write_outputs(job, outcome, exported)
     write_reports(str(job.output))
     return outcome, exported

@@ -13,10 +13,9 @@ from tuner.bench import TrialBench
 from tuner.errors import BadInput
 from tuner.events import Progress, TrialRetried, TrialStarted, emit
 from tuner.job import SearchJob, SearchSettings
-from tuner.model_config import apply_trial, effective_key, trial_of
-from tuner.objective import violations
+from tuner.model_config import check_config, effective_key, own_config
 from tuner.pruning import TrialScreen, pruner_for
-from tuner.results import Hardware, TrialConfig, TrialResult
+from tuner.results import Hardware, SetConfig, TrialConfig, TrialResult
 from tuner.study import BASELINE_ATTR, StudyStore, reuse
 
 
@@ -52,7 +51,7 @@ class TrialStep:
         with self.store.failed_on_error(trial):
             sampled = self.space.sample(trial)  # always: registers the params, also the queued baseline's
             baseline = bool(trial.user_attrs.get(BASELINE_ATTR))
-            config = trial_of(self.job.base) if baseline else sampled
+            config = own_config(self.job.base) if baseline else sampled
             key = effective_key(self.job.base, config)
             earlier = claim.claim(trial, key)
             if earlier is not None:
@@ -64,7 +63,7 @@ class TrialStep:
             self.store.record(trial, step.result, step.duplicate_of)
         return step
 
-    def measure(self, bench: TrialBench, config: TrialConfig, trial: optuna.Trial, valid: bool,
+    def measure(self, bench: TrialBench, config: TrialConfig | SetConfig, trial: optuna.Trial, valid: bool,
                 baseline: bool) -> TrialResult:
         """Measure a valid config on the bench (an invalid one fails without a server), every window reported to the
         trial and, unless it is the baseline, screened; when the load tool fails, once more on a fresh measurement
@@ -83,11 +82,11 @@ class TrialStep:
         return TrialScreen(trial, self.pruner, self.job.constraints, self.job.objective,
                            judge=self.settings.screening and not baseline, first_step=first_step)
 
-    def invalid(self, config: TrialConfig, number: int) -> TrialResult:
+    def invalid(self, config: TrialConfig | SetConfig, number: int) -> TrialResult:
         """A config the model cannot take: failed, with the reason, measured on nothing."""
         try:
-            apply_trial(self.job.base, config)
+            check_config(self.job.base, config)
         except BadInput as exc:
             return TrialResult(number, config, None, failure_reason=f"invalid config: {exc}",
-                               violations=violations(None, self.job.constraints))
+                               violations=self.job.violations(None))
         raise AssertionError("invalid() called for a valid config")

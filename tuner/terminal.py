@@ -127,6 +127,8 @@ def warning_line(text: str) -> str:
 
 def load_text(described: dict[str, Any]) -> str:
     """How load was applied, in words: 'concurrency 8 (builtin)', 'concurrency auto (p99 <= 20 ms)', '50 req/s ...'."""
+    if described["mode"] == "set":  # a set of models: each one's own load
+        return "; ".join(f"{model} {load_text(load)}" for model, load in described["members"].items())
     engine = f" ({described['engine']})" if described.get("engine") else ""
     if described["mode"] == "auto":
         return f"concurrency auto (p99 <= {described.get('max_p99_ms')} ms){engine}"

@@ -308,7 +308,9 @@ def _pct(value: float, reference: float) -> str:
 
 
 def load_words(load: dict[str, Any]) -> str:
-    """How the load was applied, in words (and which engine sent the requests)."""
+    """How the load was applied, in words (and which engine sent the requests); a set's, each model's."""
+    if load.get("mode") == "set":
+        return "; ".join(f"{model}: {load_words(own)}" for model, own in (load.get("members") or {}).items())
     engine = load.get("engine")
     words = _mode_words(load)
     return f"{words}, driven by {engine}" if engine else words

@@ -21,6 +21,7 @@ from tuner.report.data import (
     stopped_sentence,
     stopped_trials,
 )
+from tuner.results import SetConfig
 
 TOP_COUNT = 5
 # Characters that make Markdown or HTML of a value (a failure reason, a config, a host, the command line): escaped.
@@ -32,18 +33,28 @@ _ESCAPES = str.maketrans({"\\": "\\\\", "`": "\\`", "|": "\\|", "[": "\\[", "]":
 
 def config_diff(data: ReportData) -> str | None:
     """Unified diff of the chosen config.pbtxt against the model's own."""
-    text = data.summary.get("model_config_pbtxt")
     best = data.result(data.best_number)
-    if not text or best is None:
+    if best is None:
         return None
     from google.protobuf import text_format
 
-    base = ModelConfig()
-    text_format.Parse(text, base)
-    chosen = apply_trial(base, best.config)
-    lines = difflib.unified_diff(to_text(base).splitlines(), to_text(chosen).splitlines(),
-                                 "baseline/config.pbtxt", f"chosen/config.pbtxt (trial {best.number})", lineterm="")
-    return "\n".join(lines)
+    if isinstance(best.config, SetConfig):  # a set: one diff per model
+        models = data.summary.get("models") or {}
+        own = [(model, (models.get(model) or {}).get("model_config_pbtxt"), trial) for model, trial in best.config.members]
+    else:
+        own = [("", data.summary.get("model_config_pbtxt"), best.config)]
+    diffs: list[str] = []
+    for model, text, trial in own:
+        if not text:
+            return None
+        base = ModelConfig()
+        text_format.Parse(text, base)
+        chosen = apply_trial(base, trial)
+        where = f"{model}/" if model else ""
+        diffs += difflib.unified_diff(to_text(base).splitlines(), to_text(chosen).splitlines(),
+                                      f"baseline/{where}config.pbtxt", f"chosen/{where}config.pbtxt (trial {best.number})",
+                                      lineterm="")
+    return "\n".join(diffs)
 
 
 def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[str]:
