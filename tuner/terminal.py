@@ -17,7 +17,7 @@ from tuner.job import SearchJob, SearchSettings
 from tuner.objective import PriceOfSpeed, best_trial, closest_trial, fastest_trial, price_of_speed
 from tuner.outputs import savings
 from tuner.redact import mask_url, redact
-from tuner.results import Measurement, Spread, TrialResult
+from tuner.results import Measurement, SetConfig, Spread, TrialResult
 from tuner.search import SearchOutcome
 
 
@@ -201,11 +201,39 @@ def search_result(job: SearchJob, outcome: SearchOutcome, exported: Path | None)
     price = price_of_speed(best_trial(outcome.results), fastest_trial(outcome.results))
     if price is not None:
         shown.append(price_text(price))
+    shown.extend(set_lines(best, outcome.sharing))
     shown.extend(impact_lines(job, outcome))
     html, markdown, _ = paths.report_paths(job.output)
-    shown.append(escape(f"wrote {exported}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
+    written: Path | str | None = exported
+    if isinstance(best.config, SetConfig) and exported is not None:  # a set: one config.pbtxt per model
+        written = ", ".join(str(paths.exported_config_path(exported, model)) for model in best.config.models)
+    shown.append(escape(f"wrote {written}, {paths.summary_path(job.output)}, {paths.trials_csv_path(job.output)}, "
                         f"{html}, {markdown}"))
     return shown
+
+
+def set_lines(best: TrialResult, sharing: dict[str, Any] | None) -> list[str]:
+    """A set of models: each model's own figures in the chosen set (the joules are the set's), then what serving
+    them on one server saved against each alone."""
+    if best.measurement is None or not best.measurement.members:
+        return []
+    lines = []
+    for model, m in best.measurement.members.items():
+        held = [k.split("/", 1)[1] for k, v in best.violations.items() if k.startswith(f"{model}/") and v <= 0]
+        lines.append(f"  {escape(model)}: {m.throughput_per_s.mean:.0f} infer/s · p99 {m.p99_ms.mean:.2f} ± "
+                     f"{m.p99_ms.ci95:.2f} ms · {m.failure_rate:.1%} failed"
+                     + (f" · holds {', '.join(held)}" if held else "") + f" ({escape(load_text(m.load))})")
+    lines.insert(0, "each model in the chosen set (energy is the set's, not split per model):")
+    if sharing is None:
+        lines.append("sharing one server: not measured (--sharing off)")
+    elif sharing.get("saving_fraction") is None:
+        lines.append(f"sharing one server: unknown ({escape(str(sharing.get('reason')))})")
+    else:
+        lines.append(f"sharing one server saves {sharing['saving_fraction']:.1%} of the power of each model on a "
+                     f"server of its own ({sharing['together']['power_w']:.1f} W vs {sharing['separate_power_w']:.1f} W "
+                     f"at the same rates, {escape(sharing['energy_source'])}; each model alone with its config of "
+                     f"trial {sharing['trial']})")
+    return lines
 
 
 def impact_lines(job: SearchJob, outcome: SearchOutcome) -> list[str]:
