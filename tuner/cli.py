@@ -225,14 +225,18 @@ def measure(**flags: Any) -> None:
 
 
 @cli.command()
-@server_options
+@functools.partial(server_options, model_required=False)
+@click.option("--models", type=click.Path(path_type=Path), default=None, metavar="FILE",
+              help="Compare two sets of configs of a set of models on one server (the set file of search --models: "
+                   "each model's load, inputs and limits); --baseline and --candidate are then folders holding "
+                   "<model>/config.pbtxt for every model (a model repository or a search's output folder).")
 @load_options
 @click.option("--baseline", type=click.Path(path_type=Path), required=True,
               help="What runs now: a config.pbtxt, a model folder, a second repository (same model files as -r), "
-                   "or a version folder of --model in -r.")
+                   "or a version folder of --model in -r; with --models, a folder of <model>/config.pbtxt.")
 @click.option("--candidate", type=click.Path(path_type=Path), required=True,
               help="The change: a config.pbtxt, a model folder, a second repository (same model files as -r), "
-                   "or a version folder of --model in -r.")
+                   "or a version folder of --model in -r; with --models, a folder of <model>/config.pbtxt.")
 @click.option("--max-regression", default="5%", show_default=True,
               help="Energy per inference the candidate may add before the gate fails (e.g. 5% or 0.05).")
 @click.option("--min-throughput", type=float, default=None, help="Constraint on the candidate: at least this many infer/s.")
@@ -258,10 +262,16 @@ def compare(**flags: Any) -> None:
     5 inconclusive (the interval straddles it; 0 with --inconclusive pass), 2 bad input, 1 other failure,
     130 interrupted.
 
+    With --models FILE both sides are sets: every model of the set is loaded with that side's config and driven at
+    its own load from the file; the gate is on the set's energy per inference (all joules over all inferences), and
+    each model's own limits from the file (named MODEL/constraint) and the server's apply to the candidate.
+
     \b
     Example:
       greentune compare -r model_repository -m mlp --baseline main.pbtxt \\
         --candidate model_repository/mlp/config.pbtxt -c 16 -o compare-out
+      greentune compare -r model_repository --models examples/model_set.yaml \\
+        --baseline model_repository --candidate set-out -o compare-out
     """
     job = CompareJob.from_flags(flags)
     with console.status("starting Triton…") as status:

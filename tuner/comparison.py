@@ -1,5 +1,6 @@
-"""Paired A/B measurements of two configs -> ratios with 95% intervals, the gate's verdict, compare.md and compare.json.
-Pure: the measuring loop (tuner/compare.py) hands its pairs here."""
+"""Paired A/B measurements of two configs (or two sets of configs, one per model of a set) -> ratios with 95%
+intervals, the gate's verdict, compare.md and compare.json. Pure: the measuring loop (tuner/compare.py) hands its pairs
+here."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from tuner.errors import EXIT_INCONCLUSIVE, EXIT_REGRESSION
-from tuner.objective import REQUEST_RATE_TOLERANCE, Constraints, asked_rate_per_s, violations
+from tuner.objective import REQUEST_RATE_TOLERANCE, Constraints, asked_rate_per_s, set_violations, violations
 from tuner.results import SCHEMA_VERSION, Measurement, Spread, clean_json, t_quantile_95
 
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
@@ -32,6 +34,9 @@ CONSTRAINT_WORDS = {
     "max_memory_mb": ("--max-memory-mb", "memory_mb", "above"),
     "request_rate": ("--request-rate", "throughput_per_s", "below"),
 }
+# A set's models have no energy of their own (the server's joules are the set's): each model's figures shown, as
+# (Measurement field, words, unit).
+MEMBER_METRICS = (("p99_ms", "p99 latency", "ms"), ("throughput_per_s", "throughput", "infer/s"))
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,16 @@ def metric_value(measurement: Measurement, name: str) -> float:
 
 
 @dataclass(frozen=True)
+class SetMember:
+    """One model of a compared set (compare --models): its own limits from the set file and both sides' config.pbtxt."""
+
+    model: str
+    constraints: Constraints
+    baseline_text: str
+    candidate_text: str
+
+
+@dataclass(frozen=True)
 class Comparison:
     """A baseline and a candidate config.pbtxt measured in interleaved pairs, and what the gate makes of them."""
 
@@ -131,8 +146,11 @@ class Comparison:
     max_regression: float  # allowed rise of energy per inference, as a fraction (0.05 = 5%)
     inconclusive_passes: bool
     constraints: Constraints
-    load: dict[str, Any]  # the load policy's description (LoadSpec.describe())
+    load: dict[str, Any]  # the load policy's description (LoadSpec.describe(); a set's: each model's)
     stop_reason: str
+    # A set (compare --models): each model of it, in the set's order; the pairs are then the set's measurements (all
+    # inferences over the server's joules, each model's own figures in `members`) and `constraints` the server's.
+    members: tuple[SetMember, ...] = ()
 
     def values(self, name: str) -> tuple[list[float], list[float]]:
         """(baseline, candidate) per pair of one metric, in its field's unit (nan where not measured)."""
@@ -156,23 +174,63 @@ class Comparison:
             out["baseline"][name], out["candidate"][name] = Spread.of(baseline), Spread.of(candidate)
         return out
 
+    def member_values(self, model: str, name: str) -> tuple[list[float], list[float]]:
+        """A set: (baseline, candidate) per pair of one model's own metric (nan where that model was not measured)."""
+        def of(measurement: Measurement) -> float:
+            own = measurement.members.get(model)
+            return math.nan if own is None else metric_value(own, name)
+
+        return [of(p.baseline) for p in self.pairs], [of(p.candidate) for p in self.pairs]
+
+    def member_figures(self) -> dict[str, dict[str, dict[str, Spread]]]:
+        """A set: per model, config ('baseline', 'candidate') and MEMBER_METRICS: mean ± 95% interval over the pairs."""
+        out: dict[str, dict[str, dict[str, Spread]]] = {}
+        for member in self.members:
+            out[member.model] = {"baseline": {}, "candidate": {}}
+            for name, *_ in MEMBER_METRICS:
+                baseline, candidate = self.member_values(member.model, name)
+                out[member.model]["baseline"][name] = Spread.of(baseline)
+                out[member.model]["candidate"][name] = Spread.of(candidate)
+        return out
+
+    def member_ratios(self) -> dict[str, dict[str, PairedRatio]]:
+        """A set: per model, its candidate/baseline ratio of each of MEMBER_METRICS."""
+        return {m.model: {name: PairedRatio.of(*self.member_values(m.model, name)) for name, *_ in MEMBER_METRICS}
+                for m in self.members}
+
+    def member_constraints(self) -> dict[str, Constraints]:
+        """A set: each model's own limits (empty for one model)."""
+        return {m.model: m.constraints for m in self.members}
+
     def pooled_candidate(self) -> Measurement | None:
-        """The candidate's first measurement with throughput, p99 and memory pooled over the pairs (their means)."""
+        """The candidate's first measurement with throughput, p99 and memory pooled over the pairs (their means); a
+        set's models' throughput and p99 pooled alike."""
         if not self.pairs:
             return None
         memory = Spread.of(self.values("memory_mb")[1]).mean
-        return dataclasses.replace(
-            self.pairs[0].candidate,
+        first = self.pairs[0].candidate
+        pooled = dataclasses.replace(
+            first,
             throughput_per_s=Spread.of(self.values("throughput_per_s")[1]),
             p99_ms=Spread.of(self.values("p99_ms")[1]),
             memory_mb=memory if math.isfinite(memory) else None)
+        if not self.members:
+            return pooled
+        return dataclasses.replace(pooled, members={
+            m.model: dataclasses.replace(first.members[m.model],
+                                         throughput_per_s=Spread.of(self.member_values(m.model, "throughput_per_s")[1]),
+                                         p99_ms=Spread.of(self.member_values(m.model, "p99_ms")[1]))
+            for m in self.members if m.model in first.members})
 
     def violations(self) -> dict[str, float]:
-        """The constraints the candidate breaks on its pooled means, by the fraction it breaks each (> 0)."""
+        """The constraints the candidate breaks on its pooled means, by the fraction it breaks each (> 0); a set's
+        models' own limits named MODEL/constraint."""
         pooled = self.pooled_candidate()
         if pooled is None:
             return {}
-        return {name: value for name, value in violations(pooled, self.constraints).items() if value > 0}
+        found = (set_violations(pooled, self.constraints, self.member_constraints()) if self.members
+                 else violations(pooled, self.constraints))
+        return {name: value for name, value in found.items() if value > 0}
 
     @property
     def verdict(self) -> str:
@@ -196,9 +254,15 @@ class Comparison:
         return decide(self.energy(), self.max_regression) != INCONCLUSIVE
 
     def config_diff(self) -> list[str]:
-        """Unified diff of the baseline's config.pbtxt against the candidate's, labelled with their paths."""
-        return list(difflib.unified_diff(self.baseline_text.splitlines(), self.candidate_text.splitlines(),
-                                         fromfile=self.baseline_path, tofile=self.candidate_path, lineterm=""))
+        """Unified diff of the baseline's config.pbtxt against the candidate's, labelled with their paths (a set: one
+        per model whose configs differ, labelled FOLDER/MODEL/config.pbtxt)."""
+        if not self.members:
+            return list(difflib.unified_diff(self.baseline_text.splitlines(), self.candidate_text.splitlines(),
+                                             fromfile=self.baseline_path, tofile=self.candidate_path, lineterm=""))
+        return [line for m in self.members for line in difflib.unified_diff(
+            m.baseline_text.splitlines(), m.candidate_text.splitlines(),
+            fromfile=str(PurePath(self.baseline_path, m.model, "config.pbtxt")),
+            tofile=str(PurePath(self.candidate_path, m.model, "config.pbtxt")), lineterm="")]
 
     def sources(self, field: str) -> str:
         """The measurements' label for a field (energy_source, memory_source, energy_accounting), as measured."""
@@ -244,7 +308,22 @@ class Comparison:
             "candidate_config_pbtxt": self.candidate_text,
             "stop_reason": self.stop_reason,
         })
+        if self.members:
+            document.update(clean_json({"models": [m.model for m in self.members],
+                                        "members": self.members_document()}))
         return document
+
+    def members_document(self) -> dict[str, Any]:
+        """A set: per model its limits, figures and ratios (MEMBER_METRICS, its own unit each) and both configs."""
+        figures, ratios = self.member_figures(), self.member_ratios()
+        return {m.model: {
+            "constraints": m.constraints.to_dict(),
+            "figures": {config: {name: spread.to_dict() for name, spread in by_metric.items()}
+                        for config, by_metric in figures[m.model].items()},
+            "ratios": {name: ratio.to_dict() for name, ratio in ratios[m.model].items() if ratio.n},
+            "baseline_config_pbtxt": m.baseline_text,
+            "candidate_config_pbtxt": m.candidate_text,
+        } for m in self.members}
 
     @classmethod
     def from_document(cls, data: dict[str, Any]) -> Comparison:
@@ -255,7 +334,10 @@ class Comparison:
             candidate_text=str(data["candidate_config_pbtxt"]),
             pairs=tuple(Pair.from_dict(p) for p in data["pairs"]), max_regression=float(data["max_regression"]),
             inconclusive_passes=bool(data["inconclusive_passes"]), constraints=Constraints(**data["constraints"]),
-            load=dict(data["load"]), stop_reason=str(data["stop_reason"]))
+            load=dict(data["load"]), stop_reason=str(data["stop_reason"]),
+            members=tuple(SetMember(str(model), Constraints(**entry["constraints"]),
+                                    str(entry["baseline_config_pbtxt"]), str(entry["candidate_config_pbtxt"]))
+                          for model, entry in (data.get("members") or {}).items()))
 
 
 # Rendering compare.md.
@@ -301,7 +383,15 @@ def spread_words(spread: Spread, factor: float, unit: str) -> str:
 
 
 def load_words(load: dict[str, Any]) -> str:
-    """'closed loop, 4 requests in flight, sent by builtin'."""
+    """'closed loop, 4 requests in flight, sent by builtin'; a set's: each model's, e.g. 'each model at its own load:
+    mlp closed loop, 4 requests in flight; other open loop at 20 requests/s, sent by builtin'."""
+    if load.get("mode") == "set":
+        members: dict[str, dict[str, Any]] = load.get("members") or {}
+        engines = sorted({str(m["engine"]) for m in members.values() if m.get("engine")})
+        each = "; ".join(f"{model} {load_words({k: v for k, v in own.items() if k != 'engine'})}"
+                         for model, own in members.items())
+        words = f"each model at its own load: {each}"
+        return f"{words}, sent by {' / '.join(engines)}" if engines else words
     if load.get("mode") == "request_rate":
         words = f"open loop at {load.get('request_rate_per_s')} requests/s"
     elif load.get("mode") == "concurrency":
@@ -312,19 +402,25 @@ def load_words(load: dict[str, Any]) -> str:
 
 
 def violation_words(comparison: Comparison, name: str, amount: float) -> str:
-    """'--max-p99-ms 10 ms: candidate p99 latency 12.30 ms, 23.0% above' for one broken constraint."""
+    """'--max-p99-ms 10 ms: candidate p99 latency 12.30 ms, 23.0% above' for one broken constraint; a set's model's
+    'mlp max_p99_ms 10 ms: candidate p99 latency 12.30 ms, 23.0% above' (its limit from the set file)."""
     pooled = comparison.pooled_candidate()
-    if name not in CONSTRAINT_WORDS or pooled is None:
+    model, _, key = name.rpartition("/")
+    constraints = comparison.constraints
+    if model and pooled is not None:
+        pooled, constraints = pooled.members.get(model), comparison.member_constraints().get(model, Constraints())
+    if key not in CONSTRAINT_WORDS or pooled is None:
         return f"{name}: broken by {amount:.1%}"
-    flag, field, direction = CONSTRAINT_WORDS[name]
+    flag, field, direction = CONSTRAINT_WORDS[key]
+    if model:
+        flag = f"{model} {key}"
     words, unit = next((w, u) for f, w, u, _ in METRICS if f == field)
     asked = asked_rate_per_s(pooled)
-    constraints = comparison.constraints
     limit = {"min_throughput": constraints.min_throughput_per_s, "max_p99_ms": constraints.max_p99_ms,
              "max_memory_mb": constraints.max_memory_mb,
-             "request_rate": None if asked is None else (1 - REQUEST_RATE_TOLERANCE) * asked}[name]
+             "request_rate": None if asked is None else (1 - REQUEST_RATE_TOLERANCE) * asked}[key]
     where = f"{flag} {given(limit)} {unit}"
-    if name == "request_rate":
+    if key == "request_rate":
         where = f"{flag} {given(asked)} requests/s (at least {number(limit)} {unit} must complete)"
     value = metric_value(pooled, field)
     if not math.isfinite(value):
@@ -347,6 +443,8 @@ def headline(comparison: Comparison) -> str:
     else:
         cost = "energy per inference was not measured in any pair (no energy reading)"
     said = f"**greentune compare: {verdict.upper()}** — "
+    if comparison.members:
+        cost = cost.replace("the candidate costs", "the candidate set costs", 1)
     if verdict == REGRESSION and broken:
         return said + "the candidate breaks " + "; ".join(broken) + f"; {cost}"
     if verdict == REGRESSION:
@@ -368,6 +466,8 @@ def render_markdown(comparison: Comparison) -> str:
         ratio = ratios.get(name, PairedRatio(math.nan, math.nan, math.nan, 0))
         lines.append(f"| {words} ({unit}) | {spread_words(figures['baseline'][name], factor, unit)} | "
                      f"{spread_words(figures['candidate'][name], factor, unit)} | {ratio_words(ratio)} |")
+    if comparison.members:
+        lines += member_lines(comparison)
     accounting = {"total": "total energy, idle power included", "dynamic": "dynamic energy, idle power subtracted"}
     energy_mode = " / ".join(accounting.get(mode, f"{mode} energy")
                              for mode in comparison.sources("energy_accounting").split(" / "))
@@ -380,8 +480,10 @@ def render_markdown(comparison: Comparison) -> str:
         "(A the baseline, B the candidate; each pair's order drawn at random)",
         f"- statistics: {STATISTICS_METHOD}; each config's figure is the mean over pairs ± its 95% interval "
         "(Student t)",
-        f"- gate: energy per inference at most {comparison.max_regression * 100:g}% above the baseline's"
-        + "".join(f"; {flag} {given(value)} {unit}" for flag, value, unit in constraint_flags(comparison.constraints)),
+        f"- gate: energy per inference{' of the set' if comparison.members else ''} at most "
+        f"{comparison.max_regression * 100:g}% above the baseline's"
+        + "".join(f"; {flag} {given(value)} {unit}" for flag, value, unit in constraint_flags(comparison.constraints))
+        + "".join(f"; {model} {limit}" for model, limit in member_limits(comparison)),
         f"- stopped: {comparison.stop_reason}",
     ]
     lines += [f"- breaks {violation_words(comparison, name, amount)}" for name, amount in
@@ -397,3 +499,35 @@ def constraint_flags(constraints: Constraints) -> list[tuple[str, float, str]]:
     flags = (("--min-throughput", constraints.min_throughput_per_s, "infer/s"),
              ("--max-p99-ms", constraints.max_p99_ms, "ms"), ("--max-memory-mb", constraints.max_memory_mb, "MB"))
     return [(flag, value, unit) for flag, value, unit in flags if value is not None]
+
+
+def member_lines(comparison: Comparison) -> list[str]:
+    """A set's table of each model's own p99 and throughput, both configs, with the candidate/baseline ratio."""
+    figures, ratios = comparison.member_figures(), comparison.member_ratios()
+    headers = [f"{words}: {config}" for _, words, _ in MEMBER_METRICS for config in ("baseline", "candidate", "change")]
+    lines = ["", "Each model of the set (its own requests over the same windows; the joules are the server's, the "
+             "set's alone):", "", "| model | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    for member in comparison.members:
+        own = figures[member.model]
+        cells = [cell for name, _, unit in MEMBER_METRICS
+                 for cell in (spread_words(own["baseline"][name], 1.0, unit),
+                              spread_words(own["candidate"][name], 1.0, unit), ratio_words(ratios[member.model][name]))]
+        lines.append(f"| {member.model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def member_limits(comparison: Comparison) -> list[tuple[str, str]]:
+    """A set's limits of each model, in words: (model, 'max_p99_ms 250 ms'), and each open loop's rate to complete."""
+    out = []
+    loads: dict[str, dict[str, Any]] = comparison.load.get("members") or {}
+    for member in comparison.members:
+        limits = member.constraints
+        for key, value, unit in (("min_throughput", limits.min_throughput_per_s, "infer/s"),
+                                 ("max_p99_ms", limits.max_p99_ms, "ms")):
+            if value is not None:
+                out.append((member.model, f"{key} {given(value)} {unit}"))
+        load = loads.get(member.model, {})
+        if load.get("mode") == "request_rate":
+            out.append((member.model, f"request_rate {given(load.get('request_rate_per_s'))} requests/s completed "
+                                      f"(within {REQUEST_RATE_TOLERANCE:.0%})"))
+    return out

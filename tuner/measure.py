@@ -281,14 +281,22 @@ async def _measure_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, d
             part.append(engine.stop())
     for meter in meters:
         meter.close()
+    measurement = _summarize_drives(ctx, trial, drives, parts, spans, [r for _, r in windows], triton_counts,
+                                    engines[0].name)
+    return replace(measurement, screened_reason=screened)
+
+
+def _summarize_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, drives: list[Drive],
+                      parts: list[list[RequestRecords]], spans: list[tuple[int, int]], readings_of: list[list[Reading]],
+                      triton_counts: list[list[float | None]], engine: str) -> Measurement:
+    """Every drive's records binned into the windows (by completion time), summarized, with the count checks."""
+    settings = ctx.settings
     records = [RequestRecords.merge(part) for part in parts]
     # Records cut short (a damaged export) keep the windows they cover; too few left is the load tool's failure.
     covered = [covered_windows(r, spans, settings.stable_windows) for r in records]
     kept = min(k for k, _ in covered)
-    damages = [d for _, d in covered if d]
-    spans, windows = spans[:kept], windows[:kept]
+    spans, readings_of = spans[:kept], readings_of[:kept]
     per_drive = [[bin_window(r, start, end) for start, end in spans] for r in records]
-    readings_of = [readings for _, readings in windows]
     if len(drives) == 1:
         measurement = summarize(trial, drives[0].load, list(zip(per_drive[0], readings_of, strict=True)), settings,
                                 ctx.idle_power_w)
@@ -297,10 +305,10 @@ async def _measure_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, d
         measurement = _summarize_set(trial, drives, per_drive, readings_of, settings, ctx.idle_power_w)
     used = len(measurement.windows)
     checks = [w for drive, stats_of, counts in zip(drives, per_drive, triton_counts, strict=True)
-              for w in count_warnings(stats_of[-used:], counts[:kept][-used:], engines[0].name,
+              for w in count_warnings(stats_of[-used:], counts[:kept][-used:], engine,
                                       drive.model if len(drives) > 1 else None)]
-    checks += damages
-    return replace(measurement, warnings=measurement.warnings + tuple(checks), screened_reason=screened)
+    checks += [d for _, d in covered if d]
+    return replace(measurement, warnings=measurement.warnings + tuple(checks))
 
 
 def _summarize_set(config: SetConfig, drives: list[Drive], per_drive: list[list[WindowStats]],

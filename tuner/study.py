@@ -181,6 +181,12 @@ class StudyStore:
             self._tell(trial, *self._final_state(result))
         except optuna.exceptions.UpdateFinishedTrialError:
             self._keep_late(trial, result, duplicate_of)
+        except ValueError as exc:  # Optuna's tell of a trial already finished (failed as stale, or, on SQLite, which
+            if not str(exc).startswith("Cannot tell a "):  # has no row lock, a queued trial two workers both took)
+                raise
+            stored = self.study.get_trials(deepcopy=False)[trial.number].user_attrs.get(RESULT_ATTR)
+            if json.dumps(stored, sort_keys=True) != json.dumps(result.to_dict(), sort_keys=True):
+                self._keep_late(trial, result, duplicate_of)  # unless the finished trial holds this very result
         except STORAGE_ERRORS as exc:
             raise storage_error(f"trial {trial.number}", exc) from None
 

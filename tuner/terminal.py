@@ -194,7 +194,8 @@ def search_result(job: SearchJob, outcome: SearchOutcome, exported: Path | None)
     saved = savings(best, outcome.baseline)
     if saved is not None and outcome.baseline is not None:
         tie = " (within the measurement spread: a tie)" if saved["within_spread"] else ""
-        shown.append(f"vs baseline (trial {outcome.baseline.number}, the model's own config): "
+        own = "every model's own config" if isinstance(best.config, SetConfig) else "the model's own config"
+        shown.append(f"vs baseline (trial {outcome.baseline.number}, {own}): "
                      f"{saved['energy_saved_per_inference_j'] * 1000:.3f} mJ per inference saved "
                      f"({saved['energy_saved_percent']:.1f}%, {saved['energy_source']}){tie}; "
                      f"p99 {saved['p99_change_ms']:+.2f} ms; throughput {saved['throughput_change_percent']:+.1f}%")

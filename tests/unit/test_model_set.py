@@ -254,3 +254,21 @@ def test_the_search_loop_runs_a_set_baseline_first_deduped_persisted_and_resumab
         job.members[1], constraints=Constraints(max_p99_ms=99))))
     with pytest.raises(Exception, match="members"):  # another model's limit is another study
         Search(changed, SearchSettings(trials=9, resume=True)).open()
+
+
+def test_workers_share_a_sets_study_and_one_with_another_models_limit_is_refused(tmp_path):
+    from tuner.errors import BadInput
+    from tuner.job import SearchSettings
+
+    job = _set_job(tmp_path / "a")
+    settings = SearchSettings(trials=4, seed=2, study="set", storage=f"journal://{tmp_path / 'study.journal'}")
+    first = Search(job, settings).run(FakeSetBench(job))
+    assert len(first.results) == 4
+    other = dataclasses.replace(job, output=tmp_path / "b")
+    bench = FakeSetBench(other)
+    second = Search(other, dataclasses.replace(settings, trials=5)).run(bench)  # the study's budget (4) holds
+    assert len(second.results) == 4 and bench.calls == []
+    changed = dataclasses.replace(other, members=(other.members[0], dataclasses.replace(
+        other.members[1], load=LoadSpec(concurrency=None, request_rate_per_s=99))))
+    with pytest.raises(BadInput, match="load"):  # each model's load is the study's
+        Search(changed, settings).open()

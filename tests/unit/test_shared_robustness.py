@@ -95,3 +95,25 @@ def test_two_workers_creating_one_study_with_different_settings_cannot_both_go_o
     with pytest.raises(BadInput, match=r"^--study s: this worker's window_s differ from the study's \(window_s=5.0\)"):
         check_settings(Racing(store.study, theirs), mine, "--study s: this worker's", "differ from the study's",
                        "", {})
+
+
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_a_trial_another_worker_already_completed_keeps_this_workers_measurement_too(tmp_path, kind):
+    """On SQLite, which has no row lock, two workers could both take one queued trial; the second tell then raised
+    Optuna's ValueError 'Cannot tell a COMPLETE trial.' and killed a live worker with its measurement."""
+    job = make_job(tmp_path, SPACE)
+    store = StudyStore.open(job, SearchSettings(storage=url_of(tmp_path, kind), study="s", heartbeat=FAST))
+    trial = store.ask()
+    config = TrialConfig(instance_count=trial.suggest_int("instance_count", 1, 4))
+    first = StudyStore.open(job, SearchSettings(storage=url_of(tmp_path, kind), study="s", heartbeat=FAST))
+    tell = store._tell
+
+    def completed_meanwhile(number, state, value=None):  # the first worker tells between our attributes and tell
+        first.study.tell(trial.number, 40.0)
+        store._tell = tell
+        tell(number, state, value)
+
+    store._tell = completed_meanwhile
+    store.record(trial, TrialResult(trial.number, config, fake_measurement(config, 44.0)))  # kept once, not lost
+    kept = sorted(r.measurement.inferences_per_j.mean for r in store.results()[0])
+    assert kept == [pytest.approx(44.0)]

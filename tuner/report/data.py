@@ -20,7 +20,7 @@ from tuner.objective import (
     score,
 )
 from tuner.redact import redact
-from tuner.results import UNRECORDED_GROUP, TrialResult, group_by_hardware, hardware_group
+from tuner.results import UNRECORDED_GROUP, SetConfig, TrialResult, group_by_hardware, hardware_group
 from tuner.study import StudyStore, param_importances
 
 
@@ -79,6 +79,14 @@ class ReportData:
     def model(self) -> str:
         """The model's name."""
         return str(self.summary.get("model", "model"))
+
+    @property
+    def set_models(self) -> list[str]:
+        """A set's models in order (search --models), from summary.json or the trials' configs; [] for one model."""
+        named = [str(model) for model in self.summary.get("models") or {}]
+        if named:
+            return named
+        return next((list(r.config.models) for r in self.results if isinstance(r.config, SetConfig)), [])
 
     @property
     def best_number(self) -> int | None:
@@ -201,16 +209,19 @@ def headline(data: ReportData) -> Headline:
     """The chosen config and what it saves and costs against the baseline."""
     best, base = data.result(data.best_number), data.result(data.baseline_number)
     source = ", ".join(data.summary.get("energy_sources") or []) or "unknown source"
+    models = data.set_models
+    opening = [set_sentence(models)] if models else []
     if best is None or best.measurement is None:
         closest = data.summary.get("closest_infeasible") or {}
         detail = (f" The closest was trial {closest.get('trial')}, which breaks {closest.get('most_violated')}."
                   if closest else "")
-        return Headline("No config met the constraints", [f"Nothing was exported.{detail}"], False)
+        return Headline("No config met the constraints", [*opening, f"Nothing was exported.{detail}"], False)
     m = best.measurement
     is_baseline = base is not None and base.number == best.number
     chosen = "Best on this hardware" if data.group_label else "Chosen"
-    lines = [f"{chosen} ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
-             + (f" This is the model's own config: no measured config was "
+    own = "each model's own config" if models else "the model's own config"
+    lines = [*opening, f"{chosen} ({_objective_words(data.objective)}): trial {best.number}: {best.config.describe()}."
+             + (f" This is {own}: no measured config was "
                 f"{'faster' if data.objective == 'throughput' else 'more efficient'}." if is_baseline else "")]
     tie = False
     chosen_e = energy_per_inference_mj(best)
@@ -244,9 +255,9 @@ def headline(data: ReportData) -> Headline:
     yearly = annual_sentence(data.summary)
     if yearly:
         lines.append(f"Per year: {yearly}")
-    who = data.group_label or data.model
+    who = data.group_label or (f"{data.model} ({len(models)} models on one server)" if models else data.model)
     if is_baseline:
-        title = f"{who}: keep the model's own config (trial {best.number}); nothing measured beat it"
+        title = f"{who}: keep {own} (trial {best.number}); nothing measured beat it"
     elif base is not None and base.measurement is not None and chosen_e is not None and saved >= 0 and tie:
         title = (f"{who}: trial {best.number} measured {saved:.3f} mJ per inference ({percent:.1f}%) below "
                  "the baseline, within the spread: a tie")
@@ -257,6 +268,14 @@ def headline(data: ReportData) -> Headline:
     else:
         title = f"{who}: trial {best.number} is the most efficient feasible config"
     return Headline(title, lines, tie)
+
+
+def set_sentence(models: list[str]) -> str:
+    """What a set's figures are: every model's inferences over every joule of the one server they share."""
+    return (f"A set of {len(models)} models served together on one server ({', '.join(models)}): energy, "
+            "inferences per joule, throughput and p99 here are the set's (all models' inferences over all the "
+            "server's joules, p99 over every request); the server's joules are not split between models, whose own "
+            "latency and throughput are under \"Each model in the chosen set\".")
 
 
 def hardware_line(data: ReportData) -> str | None:
@@ -273,7 +292,8 @@ def hardware_line(data: ReportData) -> str | None:
 
 def hardware_headline(data: ReportData, views: list[ReportData]) -> Headline:
     """Trials on more than one hardware group: say they do not compare, and name each group's best."""
-    lines = [f"These {len(data.results)} trials were measured on {len(views)} hardware groups (GPU model + meters). "
+    lines = [set_sentence(data.set_models)] if data.set_models else []
+    lines += [f"These {len(data.results)} trials were measured on {len(views)} hardware groups (GPU model + meters). "
              "Joules measured on different GPUs or meters do not compare, so each group below has its own best config, "
              "and a saving against the baseline is given only within the group that measured the baseline."]
     for view in views:

@@ -22,8 +22,8 @@ from tuner.report.data import (
     stopped_sentence,
 )
 from tuner.report.impact_view import impact_section
-from tuner.report.words import provenance_items
-from tuner.results import KNOBS
+from tuner.report.words import Table, member_table, provenance_items, sharing_table
+from tuner.results import KNOBS, SetConfig, TrialConfig, TrialResult
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
@@ -70,11 +70,30 @@ def _cell(value: Any, digits: int = 2, text: bool = False) -> str:
     return f"<td{cls}>{html.escape(str(value))}</td>"
 
 
+def _knob_columns(data: ReportData) -> list[tuple[str | None, str]]:
+    """(model, knob) per knob column: one model's every knob; a set's, each model's knobs that some trial set."""
+    if not data.set_models:
+        return [(None, knob) for knob in KNOBS]
+    used = {(model, knob) for r in data.results if isinstance(r.config, SetConfig)
+            for model, config in r.config.members for knob in config.knobs()}
+    return [(model, knob) for model in data.set_models for knob in KNOBS if (model, knob) in used]
+
+
+def _knob_value(result: TrialResult, model: str | None, knob: str) -> Any:
+    """A knob's value in a trial (a list as '1,2'); a set's from the model's own config."""
+    config = result.config
+    if model is not None:
+        config = config.of(model) if isinstance(config, SetConfig) and model in config.models else TrialConfig()
+    value = config.knobs().get(knob)
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
 def trials_table(data: ReportData) -> str:
     """A sortable table of every trial with knobs, measurements, sources and failure reasons."""
-    knobs = list(KNOBS)
+    knobs = _knob_columns(data)
     heads = ["trial", "status", "infer/J", "± 95% CI", "mJ / inference", "throughput (infer/s)", "p99 (ms)",
-             "p50 (ms)", "memory (MB)", *knobs, "energy source", "memory source", "concurrency", "failed req.",
+             "p50 (ms)", "memory (MB)", *(f"{model}/{knob}" if model else knob for model, knob in knobs),
+             "energy source", "memory source", "concurrency", "failed req.",
              "stable", "Pareto", "failure or screening reason / constraint violations"]
     pareto = set(data.pareto())
     rows = []
@@ -86,7 +105,6 @@ def trials_table(data: ReportData) -> str:
             " (chosen)" if r.number == data.exported_number else "") + (
             " (best on this hardware)" if data.group_label and r.number == data.best_number else "")
         cells = [f'<td data-v="{r.number}">{html.escape(label)}</td>', _cell(data.status_label(r))]
-        values = r.config.knobs()
         e = energy_per_inference_mj(r)
         broken = ", ".join(f"{k} +{v:.0%}" for k, v in r.violations.items() if v > 0 and k != "failed")
         cells += [
@@ -94,8 +112,7 @@ def trials_table(data: ReportData) -> str:
             _cell(e[0] if e else None, 3), _cell(m.throughput_per_s.mean if m else None, 1),
             _cell(m.p99_ms.mean if m else None), _cell(m.p50_ms if m else None), _cell(m.memory_mb if m else None, 0),
         ]
-        cells += [_cell(",".join(map(str, values[k])) if isinstance(values.get(k), list) else values.get(k))
-                  for k in knobs]
+        cells += [_cell(_knob_value(r, model, knob)) for model, knob in knobs]
         cells += [
             _cell(m.energy_source if m else None, text=True),
             _cell(m.memory_source if m else None, text=True), _cell(m.load.get("concurrency") if m else None),
@@ -117,6 +134,24 @@ def picks_table(data: ReportData) -> str:
     table = (f'<table class="picks"><thead><tr><th></th><th>most efficient</th><th>fastest</th></tr></thead>'
              f"<tbody>{rows}</tbody></table>" if rows else "")
     return f'{table}<p class="price">{html.escape(both.sentence)}</p>'
+
+
+def _table_html(table: Table, name: str) -> str:
+    """A table of plain-text cells (when it has rows), then its sentences; every value escaped."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.heads)
+    rows = "".join("<tr>" + "".join(f'<td class="text">{html.escape(cell)}</td>' for cell in row) + "</tr>"
+                   for row in table.rows)
+    notes = "".join(f"<p>{html.escape(note)}</p>" for note in table.notes)
+    return (f'<table class="{name}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            if table.rows else "") + notes
+
+
+def set_sections(data: ReportData) -> str:
+    """A set of models: each model in the chosen set, and what sharing one server saves; nothing for one model."""
+    if not data.set_models:
+        return ""
+    return (f'<h2>Each model in the chosen set</h2>{_table_html(member_table(data), "set-models")}'
+            f'<h2>What sharing one server saves</h2>{_table_html(sharing_table(data.summary.get("sharing")), "sharing")}')
 
 
 def provenance(data: ReportData) -> str:
@@ -194,16 +229,19 @@ def render_html(data: ReportData) -> str:
         top = _headline_html(data)
         body = _results_html(data, plots_html, "h2")
         search = f'<div class="card">{plots_html.html(plots.progress_figure(data))}</div>'
+    top += set_sections(data)  # a set's models and sharing: once, above the hardware groups when there are several
     importance = plots.importance_figure(data)
     importance_html = (plots_html.html(importance) if importance else
                        f'<p class="muted">Parameter importance: {html.escape(data.importance_note)}.</p>')
     hardware = hardware_line(data)
     hardware_html = f" · hardware: {html.escape(hardware)}" if hardware and not views else ""
+    models = data.set_models
+    what = f" (a set of {len(models)} models on one server)" if models else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>greentune report: {html.escape(data.model)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><main>
-<h1>greentune report: {html.escape(data.model)}</h1>
+<h1>greentune report: {html.escape(data.model)}{what}</h1>
 <p class="muted">{len(data.results)} configs measured · stop: {html.escape(str(data.summary.get('stop_reason')))} ·
 energy: {html.escape(', '.join(data.summary.get('energy_sources') or []))}{hardware_html}</p>
 {top}

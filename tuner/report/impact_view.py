@@ -11,7 +11,7 @@ from tuner.report.data import ReportData
 from tuner.report.words import impact_inputs_words
 
 ROLES = (("chosen", "chosen (most inferences per joule)"), ("fastest", "fastest (highest throughput)"),
-         ("baseline", "baseline (the model's own config)"))
+         ("baseline", "baseline (the model's own config; in a set, each model's)"))
 
 
 def _num(value: Any, suffix: str = "") -> str:

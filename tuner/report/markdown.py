@@ -21,6 +21,7 @@ from tuner.report.data import (
     stopped_sentence,
     stopped_trials,
 )
+from tuner.report.words import Table, member_table, sharing_table
 from tuner.results import SetConfig
 
 TOP_COUNT = 5
@@ -64,6 +65,8 @@ def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[
     out += [f"- {literal(line)}" for line in head.lines]
     if head.tie:
         out.append("- **Within the measurement spread of the baseline: a tie, not a proven saving.**")
+    if not data.group_label:  # a hardware group's view: the set's sections stand once, above the groups
+        out += set_sections(data, level + "#")
     both = picks(data)
     out += ["", f"{level}# Most efficient vs fastest feasible config", ""]
     if both.rows:
@@ -95,6 +98,25 @@ def _compared(data: ReportData, level: str, title: str = "greentune: ") -> list[
     return out + ["", f"Energy source: {literal(sources)}. Memory: {literal(_memory_source(data))}."]
 
 
+def set_sections(data: ReportData, level: str) -> list[str]:
+    """A set of models: each model in the chosen set, and what sharing one server saves; nothing for one model."""
+    if not data.set_models:
+        return []
+    return ["", f"{level} Each model in the chosen set", "", *_table(member_table(data)),
+            "", f"{level} What sharing one server saves", "", *_table(sharing_table(data.summary.get("sharing")))]
+
+
+def _table(table: Table) -> list[str]:
+    """A Markdown table (when it has rows), then its sentences as paragraphs; every cell shown as written."""
+    out = []
+    if table.rows:
+        out += ["| " + " | ".join(literal(head) for head in table.heads) + " |", "|---" * len(table.heads) + "|"]
+        out += ["| " + " | ".join(literal(cell) for cell in row) + " |" for row in table.rows]
+    for note in table.notes:
+        out += ["", literal(note)] if out else [literal(note)]
+    return out
+
+
 def literal(value: object) -> str:
     """A value as Markdown that shows it as written (a table cell too): one line, Markdown and HTML characters escaped."""
     escaped = " ".join(str(value).split()).translate(_ESCAPES)
@@ -113,6 +135,7 @@ def render_markdown(data: ReportData, png_name: str | None) -> str:
     if views:
         head = hardware_headline(data, views)
         out = [f"## greentune: {literal(head.title)}", "", *[f"- {literal(line)}" for line in head.lines]]
+        out += set_sections(data, "###")
         for i, view in enumerate(views, 1):
             hosts = ", ".join(map(str, (view.summary.get("hardware_group") or {}).get("hosts") or [])) or "not recorded"
             out += ["", *_compared(view, "###", f"Hardware group {i}: ")]

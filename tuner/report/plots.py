@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ def _ci(value: float) -> float:
 def _hover(data: ReportData, r: TrialResult) -> str:
     m = r.measurement
     assert m is not None
-    screened = f"<br>{r.screened_reason}" if r.screened else ""  # partial windows: say why they stopped
-    return (f"trial {r.number} ({data.status(r)}){screened}<br>{r.config.describe()}<br>"
+    screened = f"<br>{html.escape(r.screened_reason or '', quote=False)}" if r.screened else ""  # partial windows: say why
+    # Plotly reads hover text as HTML: a set's model names come from files, so they are shown as written.
+    return (f"trial {r.number} ({data.status(r)}){screened}<br>{html.escape(r.config.describe(), quote=False)}<br>"
             f"{m.inferences_per_j.mean:.2f} ± {_ci(m.inferences_per_j.ci95):.2f} infer/J ({m.energy_source})<br>"
             f"p99 {m.p99_ms.mean:.2f} ms · {m.throughput_per_s.mean:.0f} infer/s")
 
@@ -137,7 +139,7 @@ def progress_figure(data: ReportData) -> go.Figure:
         if group:
             fig.add_trace(go.Scatter(x=[r.number for r in group], y=[score(r.measurement) for r in group],
                                      mode="markers", name=status, marker={"color": color, "size": 10},
-                                     text=[r.config.describe() for r in group]))
+                                     text=[html.escape(r.config.describe(), quote=False) for r in group]))
     best, xs, ys = None, [], []
     for r in data.results:
         if r.feasible:
