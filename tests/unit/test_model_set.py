@@ -272,3 +272,29 @@ def test_workers_share_a_sets_study_and_one_with_another_models_limit_is_refused
         other.members[1], load=LoadSpec(concurrency=None, request_rate_per_s=99))))
     with pytest.raises(BadInput, match="load"):  # each model's load is the study's
         Search(changed, settings).open()
+
+
+def test_a_sets_summary_and_yearly_figures_cover_the_whole_set(tmp_path):
+    from tuner.impact import ImpactInputs
+    from tuner.job import SearchSettings
+    from tuner.outputs import summary_document, trials_frame
+
+    job = dataclasses.replace(_set_job(tmp_path), impact=ImpactInputs(traffic_per_s=100.0,
+                                                                       carbon_intensity_g_per_kwh=400.0))
+    outcome = Search(job, SearchSettings(trials=4, seed=2)).run(FakeSetBench(job))
+    summary = summary_document(job, outcome, tmp_path)
+    assert summary["model"] == "mlp+mlp_nobatch" and summary["model_config_pbtxt"] is None
+    assert summary["load"] == {"mode": "set", "members": {"mlp": {"mode": "concurrency", "concurrency": 4,
+                                                                  "engine": "builtin"},
+                                                          "mlp_nobatch": {"mode": "request_rate",
+                                                                          "request_rate_per_s": 10,
+                                                                          "engine": "builtin"}}}
+    assert summary["models"]["mlp_nobatch"]["best"]["p99_ms"]["mean"] == 5.0
+    assert summary["models"]["mlp"]["exported_config"] == str(tmp_path / "mlp" / "config.pbtxt")
+    yearly = summary["impact"]["annual"]
+    best_j = outcome.best.measurement.energy_per_inference_j  # the set's joules per inference (all of its models)
+    chosen = yearly["configs"]["chosen"]
+    assert chosen["trial"] == outcome.best.number and chosen["energy_per_inference_j"] == pytest.approx(best_j)
+    assert chosen["energy_kwh_per_year"] == pytest.approx(100.0 * 365 * 24 * 3600 * best_j / 3.6e6, rel=0.01)
+    frame = trials_frame(outcome.results, outcome.baseline)
+    assert "instance_count" not in frame.columns and frame["mlp_nobatch/p99_ms"].notna().all()
