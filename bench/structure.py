@@ -37,7 +37,7 @@ LAYERS: list[list[str]] = [
     ["server/*"],  # meters are picked for a server (meters/select.py) and probe it; a server knows no meter
     ["load", "inputs"],  # what the engines drive and send; the server's smoke inference sends a sample too
     ["objective", "space", "model_config", "results", "impact", "events", "errors", "paths", "fileio", "redact",
-     "storage", "comparison", "__init__"],
+     "storage", "comparison", "compare_words", "__init__"],
 ]
 
 

@@ -290,7 +290,11 @@ class Bench:
         """Load the config, answer one smoke inference, then write it to path atomically and read it back."""
         self._ensure_alive()
         self._preloaded = None
-        context = self._ctx()
+        return self._export_on(self._ctx(), config, path)
+
+    @staticmethod
+    def _export_on(context: MeasureContext, config: TrialConfig, path: Path) -> Path:
+        """Export `config` of the context's model (one model of a set, in SetBench)."""
         rendered = apply_trial(context.base, config)
         samples = load_trial(context, config)
         control.smoke_infer(context.server, context.model, samples[0])

@@ -18,6 +18,7 @@ from rich.progress import Progress as ProgressBar
 
 from tuner import events
 from tuner.compare import CompareJob, compare_command
+from tuner.compare_words import render_markdown
 from tuner.doctor import run_checks
 from tuner.errors import EXIT_FAILURE, BadInput, GreentuneError, NoFeasibleConfig
 from tuner.job import SearchSettings
@@ -281,7 +282,7 @@ def compare(**flags: Any) -> None:
                 console.print(status_text(event), highlight=False)
 
         comparison = compare_command(job, progress)
-    click.echo(comparison.markdown())
+    click.echo(render_markdown(comparison))
     console.print(f"wrote {escape(str(compare_md_path(job.output)))}, {escape(str(compare_json_path(job.output)))}",
                   highlight=False)
     sys.exit(comparison.exit_code)
@@ -358,6 +359,9 @@ def search(**flags: Any) -> None:
     """Search serving configs for the most inferences per joule (or, with --objective throughput, the most
     infer/s) within the constraints.
 
+    With --models FILE, a set of models is tuned together on one server (each under its own load and limits
+    from FILE), then each is measured alone for what sharing the server saves; one config.pbtxt per model.
+
     Writes OUTPUT/<model>/config.pbtxt (the objective's best feasible config, loaded and smoke-tested first),
     OUTPUT/summary.json and OUTPUT/trials.csv. Exit status: 0 found a feasible config,
     3 none was feasible, 2 bad input, 1 other failure, 130 interrupted (rerun with --resume).
@@ -367,6 +371,7 @@ def search(**flags: Any) -> None:
       greentune search -r model_repository -m mlp --trials 12 --max-p99-ms 20 -o out/
       greentune search -r model_repository -m mlp -c auto --max-p99-ms 50 -o out/ \\
         --traffic 2000 --carbon-intensity 400 --energy-price 0.15 --currency EUR
+      greentune search -r model_repository --models examples/model_set.yaml --space cpu -o out-set/
     """
     job, settings = job_from_flags(flags), SearchSettings.from_flags(flags)
     launchers = LauncherChoice.from_flags(flags)

@@ -18,6 +18,7 @@ from google.protobuf import text_format
 
 from tuner import paths
 from tuner.bench import Bench, LoadPolicy
+from tuner.compare_words import render_markdown
 from tuner.comparison import Comparison, Pair, SetMember
 from tuner.errors import BadInput, GreentuneError, ModelLoadError
 from tuner.events import PairMeasured, Progress, emit
@@ -269,7 +270,7 @@ def compare_command(job: CompareJob, progress: Progress | None = None) -> Compar
     with bench:
         comparison = measure_pairs(job, bench, progress)
     write_json(paths.compare_json_path(job.output), comparison.to_document())
-    atomic_write(paths.compare_md_path(job.output), comparison.markdown())
+    atomic_write(paths.compare_md_path(job.output), render_markdown(comparison))
     return comparison
 
 

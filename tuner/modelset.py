@@ -75,7 +75,10 @@ def _member(model: str, raw: Any, path: Path, repository: Path, default_space: s
     for key in raw:
         if key not in MEMBER_KEYS:
             raise BadInput(f"{where}: unknown key {key!r}; valid: {', '.join(MEMBER_KEYS)}")
-    base = load_model_config(repository, model)
+    try:
+        base = load_model_config(repository, model)
+    except BadInput as exc:
+        raise BadInput(f"{where}: {exc}") from None
 
     def number(key: str, integer: bool = False) -> Any:
         value = raw.get(key)

@@ -98,12 +98,7 @@ class SetBench(Bench):
         member = next(m for m in self.members if m.model == model)
         self._ensure_alive()
         self._preloaded = None
-        saved = self._context
-        self._context = self._member_ctx(member)
-        try:
-            return super().export(config, path)
-        finally:
-            self._context = saved
+        return self._export_on(self._member_ctx(member), config, path)
 
     def measure_alone(self, config: SetConfig) -> dict[str, Measurement | str]:
         """Each model alone on the server (the others unloaded), with its config of `config`, at its own load: what

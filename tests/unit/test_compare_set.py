@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from tuner.cli import cli
 from tuner.compare import CompareJob, SetCompareBench, SetSource, measure_pairs
+from tuner.compare_words import render_markdown
 from tuner.comparison import PASS, REGRESSION, Comparison, Pair, SetMember
 from tuner.errors import EXIT_REGRESSION, BadInput, ModelLoadError
 from tuner.model_config import load_model_config, to_text
@@ -205,7 +206,7 @@ def set_comparison(pairs: list[tuple[Measurement, Measurement]], server: Constra
 def test_a_set_is_gated_on_its_energy_per_inference_with_a_line_per_model():
     same = set_comparison([(set_measurement(1e-3), set_measurement(1e-3 * r)) for r in (1.0, 1.01, 0.99)])
     assert same.verdict == PASS and same.violations() == {}
-    text = same.markdown()
+    text = render_markdown(same)
     lines = text.splitlines()
     assert lines[0].startswith("**greentune compare: PASS** — the candidate set costs ")
     assert "| energy per inference (mJ) | 1.000 ± 0.000 mJ |" in text  # the set's, first
@@ -229,7 +230,7 @@ def test_each_models_own_limits_apply_to_the_candidate_named_model_slash_constra
     assert set(slow.violations()) == {"mlp/max_p99_ms", "mlp_nobatch/request_rate", "max_memory_mb"}
     assert slow.violations()["mlp/max_p99_ms"] == pytest.approx(0.2)
     assert slow.verdict == REGRESSION and slow.exit_code == EXIT_REGRESSION
-    first = slow.markdown().splitlines()[0]
+    first = render_markdown(slow).splitlines()[0]
     assert "mlp max_p99_ms 250 ms: candidate p99 latency 300.0 ms, 20.0% above" in first
     assert ("mlp_nobatch request_rate 20 requests/s (at least 19.00 infer/s must complete): candidate throughput "
             "15.00 infer/s, 21.1% below") in first
@@ -256,7 +257,7 @@ def test_a_sets_document_holds_each_models_figures_and_reads_back():
     assert set(loaded["pairs"][0]["candidate"]["members"]) == set(MODELS)
     back = Comparison.from_document(loaded)
     assert back == original
-    assert back.markdown() == original.markdown() and back.to_document() == document
+    assert render_markdown(back) == render_markdown(original) and back.to_document() == document
 
 
 # The pair loop on a fake set bench.

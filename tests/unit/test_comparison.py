@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from tuner.compare_words import render_markdown
 from tuner.comparison import (
     INCONCLUSIVE,
     PASS,
@@ -105,7 +106,7 @@ def test_one_pair_has_no_interval_and_is_inconclusive():
     assert none.n == 0 and math.isnan(none.ratio) and decide(none, 0.05) == INCONCLUSIVE
     single = comparison([(measurement(1e-3), measurement(2e-3))])
     assert single.verdict == INCONCLUSIVE and single.exit_code == EXIT_INCONCLUSIVE and not single.resolved()
-    assert "too few for an interval" in single.markdown().splitlines()[0]
+    assert "too few for an interval" in render_markdown(single).splitlines()[0]
 
 
 def test_decide_at_the_threshold():
@@ -152,10 +153,10 @@ def test_a_noisy_five_percent_edge_is_inconclusive():
     passes = drawn(1, 1.05, 0.03, 3)
     passes = Comparison(**{**passes.__dict__, "inconclusive_passes": True})
     assert passes.verdict == INCONCLUSIVE and passes.exit_code == 0
-    first = edge.markdown().splitlines()[0]
+    first = render_markdown(edge).splitlines()[0]
     assert first.startswith("**greentune compare: INCONCLUSIVE**")
     assert "straddles the 5% threshold" in first and "--budget" in first and "quieter machine" in first
-    assert "--inconclusive pass" in passes.markdown().splitlines()[0]
+    assert "--inconclusive pass" in render_markdown(passes).splitlines()[0]
 
 
 def test_pass_and_regression_exit_codes():
@@ -174,7 +175,7 @@ def test_a_candidate_that_breaks_a_constraint_fails_the_gate_and_the_markdown_na
     assert decide(gated.energy(), 0.05) == PASS  # the energy alone would pass
     assert gated.violations() == {"max_p99_ms": pytest.approx(0.2)}
     assert gated.verdict == REGRESSION and gated.exit_code == EXIT_REGRESSION
-    first = gated.markdown().splitlines()[0]
+    first = render_markdown(gated).splitlines()[0]
     assert first.startswith("**greentune compare: REGRESSION**")
     assert "--max-p99-ms 10 ms: candidate p99 latency 12.00 ms, 20.0% above" in first
     assert comparison(pairs, Constraints(max_p99_ms=20.0)).verdict == PASS
@@ -184,18 +185,18 @@ def test_throughput_floor_and_unmeasured_memory_break_the_gate():
     slow = comparison([(measurement(1e-3), measurement(1e-3, throughput_per_s=80.0)) for _ in range(3)],
                       Constraints(min_throughput_per_s=100.0))
     assert slow.violations() == {"min_throughput": pytest.approx(0.2)} and slow.verdict == REGRESSION
-    assert "--min-throughput 100 infer/s: candidate throughput 80.00 infer/s, 20.0% below" in slow.markdown()
+    assert "--min-throughput 100 infer/s: candidate throughput 80.00 infer/s, 20.0% below" in render_markdown(slow)
     blind = comparison([(measurement(1e-3), measurement(1e-3, memory_mb=None)) for _ in range(3)],
                        Constraints(max_memory_mb=500.0))
     assert blind.verdict == REGRESSION
-    assert "candidate memory not measured, so it cannot be shown to hold" in blind.markdown()
+    assert "candidate memory not measured, so it cannot be shown to hold" in render_markdown(blind)
 
 
 # compare.md and compare.json.
 
 def test_markdown_table_sources_order_method_and_diff():
     pairs = [(measurement(1e-3 * b), measurement(1.123e-3 * b, throughput_per_s=90.0)) for b in (1.0, 1.02, 0.98)]
-    text = comparison(pairs).markdown()
+    text = render_markdown(comparison(pairs))
     lines = text.splitlines()
     assert lines[0].startswith("**greentune compare: REGRESSION** — the candidate costs 12.3% more energy per "
                                "inference (95% interval +12.3% to +12.3%, 3 pairs), above the 5% threshold")
@@ -220,7 +221,7 @@ def test_markdown_says_measured_by_nvml_and_an_identical_config():
     pairs = [(measurement(1e-3, energy_source="measured by NVML"),
               measurement(1e-3 * r, energy_source="measured by NVML")) for r in (1.0, 1.01, 0.99)]
     same = comparison(pairs, candidate_text=BASELINE_TEXT)
-    text = same.markdown()
+    text = render_markdown(same)
     assert text.startswith("**greentune compare: PASS** — the candidate costs ")
     assert "within the 5% threshold" in text.splitlines()[0]
     assert "- energy: measured by NVML (total energy, idle power included)" in text and "estimated" not in text
@@ -231,8 +232,8 @@ def test_no_energy_reading_is_inconclusive_and_says_so():
     blind = comparison([(measurement(None), measurement(None)) for _ in range(3)])
     assert "energy_per_inference_j" not in blind.ratios() and "throughput_per_s" in blind.ratios()
     assert blind.verdict == INCONCLUSIVE
-    assert "not measured in any pair" in blind.markdown().splitlines()[0]
-    assert "not measured" in next(line for line in blind.markdown().splitlines() if line.startswith("| energy"))
+    assert "not measured in any pair" in render_markdown(blind).splitlines()[0]
+    assert "not measured" in next(line for line in render_markdown(blind).splitlines() if line.startswith("| energy"))
 
 
 def test_document_is_strict_json_with_the_schema_version_and_reads_back():
@@ -248,7 +249,7 @@ def test_document_is_strict_json_with_the_schema_version_and_reads_back():
     assert loaded["ratios"]["energy_per_inference_j"]["n"] == 5 and loaded["units"]["p99_ms"] == "ms"
     assert "+max_batch_size: 16" in loaded["config_diff"]
     back = Comparison.from_document(loaded)
-    assert back.markdown() == original.markdown() and back.to_document() == document
+    assert render_markdown(back) == render_markdown(original) and back.to_document() == document
 
 
 def test_one_pair_document_has_null_interval_ends():
