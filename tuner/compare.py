@@ -31,11 +31,12 @@ from tuner.model_config import (
     SetBase,
     load_model_config,
     model_dir,
+    own_config,
     read_model_config,
     to_text,
     trial_of,
 )
-from tuner.modelset import MEMBER_KEYS, PER_MODEL_FLAGS, load_set_file
+from tuner.modelset import members_from_flags
 from tuner.objective import Constraints
 from tuner.results import Measurement, SetConfig, ensure_writable_dir, write_json
 from tuner.run import measurement_parts
@@ -123,17 +124,9 @@ class CompareJob:
     def from_set_flags(cls, flags: dict[str, Any]) -> CompareJob:
         """The job of --models FILE: each model's load, inputs and limits from the file, both sides folders holding
         every model's config; checked before any server starts."""
-        models_file, repository = flags["models"], flags["model_repository"]
-        if flags.get("model"):
-            raise BadInput("--model: give either --model NAME or --models FILE (a set), not both")
-        for key, flag in (*PER_MODEL_FLAGS.items(), ("shape", "--shape")):
-            if flags.get(key) not in (None, ()):
-                raise BadInput(f"{flag}: with --models each model's load and limits are in {models_file} "
-                               f"(keys {', '.join(MEMBER_KEYS)})")
+        repository = flags["model_repository"]
+        members, memory = members_from_flags(flags, "default")
         min_pairs, max_pairs = _pair_counts(flags)
-        template = LoadPolicy.from_flags("1", None, flags["request_timeout"], load_generator=flags["load_generator"],
-                                         perf_analyzer=flags["perf_analyzer"]).spec
-        members, memory = load_set_file(models_file, repository, "default", template)
         baseline = set_source("--baseline", flags["baseline"], repository, members)
         candidate = set_source("--candidate", flags["candidate"], repository, members)
         ensure_writable_dir(flags["output"])
@@ -263,7 +256,7 @@ def compare_command(job: CompareJob, progress: Progress | None = None) -> Compar
     bench: Bench
     if isinstance(job.baseline, SetSource):  # idle power is measured with the baseline's configs loaded
         bench = SetCompareBench(launcher, job.model_repository, job.members, job.output, job.settings,
-                                job.constraints, job.meters, progress, {m.model: m.constraints for m in job.members})
+                                job.constraints, job.meters, progress)
     else:
         bench = Bench(launcher, job.model_repository, job.model, job.baseline.config, job.output, job.inputs,
                       job.load, job.settings, job.constraints, job.meters, progress)
@@ -319,7 +312,8 @@ class SetCompareBench(SetBench):
             config = configs.of(member.model)
             samples = load_trial(replace(self._member_ctx(member), base=config), trial_of(config))
             drives.append(Drive(member.model, member.load, samples))
-        trials = SetConfig(tuple((m.model, trial_of(configs.of(m.model))) for m in self.members))
+        trials = own_config(configs)
+        assert isinstance(trials, SetConfig)
         return measure_set(self._ctx(), trials, drives)
 
 

@@ -223,6 +223,7 @@ async def _measure_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, d
     screened: str | None = None
     spans: list[tuple[int, int]] = []
     triton_counts: list[list[float | None]] = [[] for _ in drives]
+    counted: list[float | None] = []  # Triton's count per window over all drives (None where one was unreadable)
     parts: list[list[RequestRecords]] = [[] for _ in drives]
     window_s = settings.window_for(meters)
     # The engine's longest run: it sizes what the engine records (perf_analyzer's export).
@@ -261,7 +262,8 @@ async def _measure_drives(ctx: MeasureContext, trial: TrialConfig | SetConfig, d
             else:  # records come at the end: Triton's count meanwhile (p99 unknown until then)
                 stats = WindowStats(duration_s=(end_ns - start_ns) / 1e9)
             windows.append((stats, readings))
-            counted = _set_counts(triton_counts)
+            window_counts = [counts[-1] for counts in triton_counts]
+            counted.append(None if None in window_counts else sum(c for c in window_counts if c is not None))
             throughput = stats.throughput_per_s if live else (counted[-1] or 0.0) / stats.duration_s
             emit(progress, WindowMeasured(index + 1, settings.max_windows, throughput, stats.percentile_ms(99)))
             throughputs = [w.throughput_per_s for w, _ in windows] if live else [
@@ -339,14 +341,6 @@ def combine_stats(stats: list[WindowStats]) -> WindowStats:
     return WindowStats(duration_s=stats[0].duration_s, latencies_ms=[v for s in stats for v in s.latencies_ms],
                        failure_count=sum(s.failure_count for s in stats), errors=[e for s in stats for e in s.errors],
                        sent_count=None if any(c is None for c in sent) else sum(c for c in sent if c is not None))
-
-
-def _set_counts(triton_counts: list[list[float | None]]) -> list[float | None]:
-    """Triton's count per window summed over the set's models (None where one was unreadable)."""
-    out: list[float | None] = []
-    for window in zip(*triton_counts, strict=True):
-        out.append(None if any(c is None for c in window) else sum(c for c in window if c is not None))
-    return out
 
 
 def _screen_window(index: int, stats: WindowStats, readings: list[Reading], inferences: float | None, live: bool,

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tuner import paths
 from tuner.bench import Bench, LoadPolicy
 from tuner.errors import BadInput
@@ -30,14 +28,14 @@ from tuner.objective import Constraints, set_violations
 from tuner.results import Measurement, SetConfig, TrialConfig, ensure_writable_dir
 from tuner.server.base import ServerLauncher
 from tuner.server.choose import parse_gpus
-from tuner.set_bench import Member, SetBench
-from tuner.space import Space, TrialLike, space_from_name
+from tuner.set_bench import Member, SetBench, member_limits
+from tuner.space import Space, TrialLike, parse_yaml, space_from_name
 
 MEMBER_KEYS = ("concurrency", "request_rate", "max_p99_ms", "min_throughput", "shape", "input_data", "space")
 TOP_KEYS = ("models", "max_memory_mb")
 # Flags that are each model's own in a set: given with --models they would be ambiguous, so they are refused.
-PER_MODEL_FLAGS = {"concurrency": "--concurrency", "request_rate": "--request-rate", "max_p99_ms": "--max-p99-ms",
-                   "min_throughput": "--min-throughput", "input_data": "--input-data"}
+PER_MODEL_FLAGS = {"concurrency": "--concurrency", "request_rate": "--request-rate", "shape": "--shape",
+                   "input_data": "--input-data", "min_throughput": "--min-throughput", "max_p99_ms": "--max-p99-ms"}
 
 
 def load_set_file(path: Path, repository: Path, default_space: str, template: LoadSpec) -> tuple[list[Member], float | None]:
@@ -45,11 +43,10 @@ def load_set_file(path: Path, repository: Path, default_space: str, template: Lo
     `template` carries the request timeout and load engine every model's load shares."""
     source = str(path)
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
     except OSError as exc:
         raise BadInput(f"--models {path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise BadInput(f"--models {path}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    document = parse_yaml(text, f"--models {path}")
     if not isinstance(document, dict) or not isinstance(document.get("models"), dict):
         raise BadInput(f"{source}: models: expected a mapping of model names to their load and limits, e.g. "
                        "{mlp: {concurrency: 8, max_p99_ms: 50}, other: {request_rate: 100}}")
@@ -65,6 +62,20 @@ def load_set_file(path: Path, repository: Path, default_space: str, template: Lo
     if memory is not None and not (isinstance(memory, int | float) and not isinstance(memory, bool) and memory > 0):
         raise BadInput(f"{source}: max_memory_mb: expected a positive number of MB (the whole server), got {memory!r}")
     return members, float(memory) if memory is not None else None
+
+
+def members_from_flags(flags: dict[str, Any], default_space: str) -> tuple[list[Member], float | None]:
+    """The set of --models FILE (search and compare): the flags that are each model's own refused (one line), then
+    the file read with the load engine and request timeout every model shares."""
+    if flags.get("model"):
+        raise BadInput("--model: give either --model NAME or --models FILE (a set), not both")
+    for key, flag in PER_MODEL_FLAGS.items():
+        if flags.get(key) not in (None, ()):
+            raise BadInput(f"{flag}: with --models each model's load and limits are in {flags['models']} "
+                           f"(keys {', '.join(MEMBER_KEYS)})")
+    template = LoadPolicy.from_flags("1", None, flags["request_timeout"], load_generator=flags["load_generator"],
+                                     perf_analyzer=flags["perf_analyzer"]).spec
+    return load_set_file(flags["models"], flags["model_repository"], default_space, template)
 
 
 def _member(model: str, raw: Any, path: Path, repository: Path, default_space: str, template: LoadSpec) -> Member:
@@ -137,30 +148,12 @@ class _Prefixed:
         return self.trial.suggest_categorical(self.prefix + name, choices)
 
 
-class _Given:
-    """Fixed params as a trial (for building a set's configs from params)."""
-
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params
-
-    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
-        return int(self.params[name])
-
-    def suggest_categorical(self, name: str, choices: Any) -> Any:
-        return self.params[name]
-
-
 @dataclass(frozen=True)
 class SetSpace:
     """The joint space of a set: each model's own space, sampled together; answers what the loop asks of a Space."""
 
     members: tuple[tuple[str, Space], ...]
     in_flight: dict[str, int | None] = field(default_factory=dict)  # each model's concurrency (first configs)
-
-    @property
-    def knobs(self) -> tuple[Any, ...]:
-        """Every model's knobs, each model's in order (for a shared study's fingerprint)."""
-        return tuple(knob for _, space in self.members for knob in space.knobs)
 
     def sample(self, trial: TrialLike) -> SetConfig:
         """One config per model, each from its own space under its own param names."""
@@ -209,17 +202,7 @@ class SetJob(SearchJob):
     @classmethod
     def from_flags(cls, flags: dict[str, Any]) -> SetJob:
         """The job from --models FILE and the flags every model shares (space, meter, budgets, outputs)."""
-        for key, flag in PER_MODEL_FLAGS.items():
-            if flags.get(key) is not None:
-                raise BadInput(f"{flag}: with --models each model's load and limits are in {flags['models']} "
-                               f"(keys {', '.join(MEMBER_KEYS)})")
-        if flags.get("model"):
-            raise BadInput("--model: give either --model NAME or --models FILE (a set), not both")
-        if flags.get("shape"):
-            raise BadInput(f"--shape: with --models each model's shapes are in {flags['models']} (shape: NAME:d1,d2)")
-        template = LoadPolicy.from_flags("1", None, flags["request_timeout"], load_generator=flags["load_generator"],
-                                         perf_analyzer=flags["perf_analyzer"]).spec
-        members, memory = load_set_file(flags["models"], flags["model_repository"], flags["space_name"], template)
+        members, memory = members_from_flags(flags, flags["space_name"])
         space = space_from_name(flags["space_name"])
         impact = resolve_inputs(flags, space.impact, space.source)
         memory = flags["max_memory_mb"] if flags["max_memory_mb"] is not None else memory
@@ -243,18 +226,9 @@ class SetJob(SearchJob):
         return SetSpace(tuple((m.model, m.space) for m in self.members),
                         {m.model: m.load.concurrency for m in self.members})
 
-    @property
-    def models(self) -> tuple[str, ...]:
-        """The set's models, in the file's order."""
-        return tuple(m.model for m in self.members)
-
-    def member_constraints(self) -> dict[str, Constraints]:
-        """Each model's own limits."""
-        return {m.model: m.constraints for m in self.members}
-
     def violations(self, measurement: Measurement | None) -> dict[str, float]:
         """The server's limits on the set's figures, each model's (named MODEL/constraint) on its own."""
-        return set_violations(measurement, self.constraints, self.member_constraints())
+        return set_violations(measurement, self.constraints, member_limits(self.members))
 
     def load_description(self) -> dict[str, Any]:
         """Each model's load."""
@@ -279,8 +253,7 @@ class SetJob(SearchJob):
     def bench(self, launcher: ServerLauncher, progress: Progress | None = None) -> Bench:
         """A bench that loads every model of the set and drives each at its own load."""
         return SetBench(launcher, self.model_repository, self.members, self.output, self.measure, self.constraints,
-                        MeterChoice(self.energy_meter, self.cpu_tdp_watts, self.gpus), progress,
-                        self.member_constraints())
+                        MeterChoice(self.energy_meter, self.cpu_tdp_watts, self.gpus), progress)
 
     def export(self, bench: Bench, config: TrialConfig | SetConfig) -> Path:
         """Every model's config of the set to OUTPUT/<model>/config.pbtxt (each loaded and smoke-tested); returns the
@@ -304,7 +277,7 @@ SHARING_NOTE = ("What serving the set on one server saves against each model on 
                 "can differ from its rate in the set; its joules per inference are taken at the rate it ran alone.")
 
 
-def measure_sharing(job: SetJob, bench: Bench, outcome: Any, progress: Progress | None = None) -> dict[str, Any] | None:
+def measure_sharing(job: SetJob, bench: Bench, outcome: Any) -> dict[str, Any] | None:
     """--sharing best|baseline: measure each model alone with its config of the best set (or its own config) and
     compare with the set on one server; None with --sharing off."""
     if job.sharing == "off":

@@ -53,7 +53,7 @@ def run_one_search(job: SearchJob, settings: SearchSettings, launcher: ServerLau
     with job.bench(launcher, progress) as bench:
         outcome = search.run(bench)
         if isinstance(job, SetJob):
-            outcome.sharing = measure_sharing(job, bench, outcome, progress)
+            outcome.sharing = measure_sharing(job, bench, outcome)
         if outcome.best is not None:
             exported = job.export(bench, outcome.best.config)
     write_outputs(job, outcome, exported)
@@ -97,7 +97,7 @@ def run_parallel_search(job: SearchJob, settings: SearchSettings, slots: list[Sl
             store.write_record(result, job.output)
         exported = None
         if isinstance(job, SetJob):
-            outcome.sharing = measure_sharing(job, benches[0], outcome, progress)
+            outcome.sharing = measure_sharing(job, benches[0], outcome)
         if outcome.best is not None:
             exported = job.export(benches[0], outcome.best.config)
     write_outputs(job, outcome, exported)

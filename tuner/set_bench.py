@@ -22,7 +22,7 @@ from tuner.measure import (
     measure_trial,
 )
 from tuner.meters.select import MeterChoice
-from tuner.model_config import ModelConfig, trial_of
+from tuner.model_config import ModelConfig, SetBase, own_config
 from tuner.objective import Constraints, set_violations
 from tuner.results import Measurement, SetConfig, TrialConfig
 from tuner.screening import Screen
@@ -43,18 +43,22 @@ class Member:
     inputs: InputSource
 
 
+def member_limits(members: Sequence[Member]) -> dict[str, Constraints]:
+    """Each model's own limits, by model."""
+    return {m.model: m.constraints for m in members}
+
+
 class SetBench(Bench):
     """A Bench whose configs are SetConfigs: every model of the set is loaded with its config, then all are driven at
     once; the set's Measurement holds each model's figures. Idle power is measured with every own config loaded."""
 
     def __init__(self, launcher: ServerLauncher, model_repository: Path, members: Sequence[Member], output: Path,
                  settings: MeasureSettings, constraints: Constraints, meters: MeterChoice,
-                 progress: Progress | None, member_constraints: dict[str, Constraints]) -> None:
+                 progress: Progress | None) -> None:
         first = members[0]
         super().__init__(launcher, model_repository, "+".join(m.model for m in members), first.base, output,
                          first.inputs, LoadPolicy(first.load), settings, constraints, meters, progress)
         self.members = tuple(members)
-        self.member_constraints = member_constraints
 
     def _member_ctx(self, member: Member) -> MeasureContext:
         return replace(self._ctx(), model=member.model, base=member.base, inputs=member.inputs)
@@ -63,16 +67,13 @@ class SetBench(Bench):
         """Load every model's config of the set (one after another) and return how each is driven."""
         return [Drive(m.model, m.load, load_trial(self._member_ctx(m), config.of(m.model))) for m in self.members]
 
-    def own_config(self) -> SetConfig:
-        """Every model's own config."""
-        return SetConfig(tuple((m.model, trial_of(m.base)) for m in self.members))
-
     def _measure_idle(self, context: MeasureContext) -> dict[str, float]:
         """Idle power with every model's own config loaded and no load."""
         if self.settings.idle_s <= 0 or not any(m.measures_energy for m in self.meters):
             return {}
         self._context = context  # the members' contexts derive from it
-        config = self.own_config()
+        config = own_config(SetBase(tuple((m.model, m.base) for m in self.members)))
+        assert isinstance(config, SetConfig)
         try:
             drives = self._load_set(config)
         except ModelLoadError as exc:
@@ -91,7 +92,7 @@ class SetBench(Bench):
 
     def violations(self, measurement: Measurement | None) -> dict[str, float]:
         """The server's limits on the set, each model's on its own figures."""
-        return set_violations(measurement, self.constraints, self.member_constraints)
+        return set_violations(measurement, self.constraints, member_limits(self.members))
 
     def export_member(self, model: str, config: TrialConfig, path: Path) -> Path:
         """Load one model's config of the set, answer one smoke inference, write it to path (as Bench.export)."""

@@ -265,10 +265,11 @@ def load_space(path: Path) -> Space:
         text = Path(path).read_text()
     except OSError as exc:
         raise BadInput(f"{path}: cannot read search space ({exc.strerror})") from None
-    return parse_space(_parse_yaml(text, str(path)), str(path))
+    return parse_space(parse_yaml(text, str(path)), str(path))
 
 
-def _parse_yaml(text: str, source: str) -> Any:
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text -> data; a syntax error is BadInput naming source and line."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -472,7 +473,7 @@ def builtin_space(name: str) -> Space | None:
         text = resource.read_text(encoding="utf-8")
     except OSError as exc:
         raise BadInput(f"--space {name}: the built-in space is missing from this install ({exc}); reinstall greentune") from None
-    return parse_space(_parse_yaml(text, f"{name} (built-in)"), f"{name} (built-in)")
+    return parse_space(parse_yaml(text, f"{name} (built-in)"), f"{name} (built-in)")
 
 
 def space_from_name(name: str) -> Space:
