@@ -323,8 +323,8 @@ def _summarize_set(config: SetConfig, drives: list[Drive], per_drive: list[list[
         try:
             members[drive.model] = summarize(config.of(drive.model), drive.load,
                                              [(stats, []) for stats in stats_of], settings)
-        except LoadGenerationError as exc:
-            raise LoadGenerationError(f"{drive.model}: {exc}") from None
+        except LoadGenerationError as exc:  # the same kind (LoadToolError stays the tool's failure), the model named
+            raise type(exc)(f"{drive.model}: {exc}") from None
     combined = [combine_stats(list(window)) for window in zip(*per_drive, strict=True)]
     # Each model's rate was checked on its own above; the set's load is then described, not checked again.
     total = summarize(config, LoadSpec(concurrency=1, engine=drives[0].load.engine),

@@ -298,3 +298,16 @@ def test_a_sets_summary_and_yearly_figures_cover_the_whole_set(tmp_path):
     assert chosen["energy_kwh_per_year"] == pytest.approx(100.0 * 365 * 24 * 3600 * best_j / 3.6e6, rel=0.01)
     frame = trials_frame(outcome.results, outcome.baseline)
     assert "instance_count" not in frame.columns and frame["mlp_nobatch/p99_ms"].notna().all()
+
+
+def test_a_load_tool_that_could_not_send_one_models_rate_fails_the_set_as_the_tools_not_the_configs():
+    from tuner.errors import LoadToolError
+    from tuner.measure import Drive, _summarize_set
+
+    config = SetConfig((("a", TrialConfig(instance_count=1)), ("b", TrialConfig(instance_count=1))))
+    closed = Drive("a", LoadSpec(concurrency=4), [])
+    slow = Drive("b", LoadSpec(concurrency=None, request_rate_per_s=100.0), [])
+    full = [WindowStats(1.0, [2.0] * 100, sent_count=100) for _ in range(3)]
+    starved = [WindowStats(1.0, [2.0] * 10, sent_count=10) for _ in range(3)]  # sent 10/s of the asked 100
+    with pytest.raises(LoadToolError, match="^b: builtin sent 10 requests/s of the asked 100"):
+        _summarize_set(config, [closed, slow], [full, starved], [[], [], []], MeasureSettings(), None)
